@@ -1,0 +1,313 @@
+"""Finding, loading and validating the configuration: auth.conf and relays.conf.
+
+Everything a user can get wrong in these files becomes a `ConfigError` whose text names the
+file, the section and the option, and says how to fix it; it is what `configtest` prints and
+what stops the server from starting. This module only reads files: it runs nothing.
+"""
+
+import configparser
+import hashlib
+import os
+import shlex
+import shutil
+import stat
+
+AUTH_FILE = "auth.conf"
+RELAYS_FILE = "relays.conf"
+SEARCH_PATH = ("/etc/uscmdrelay", "/etc/opt/uscmdrelay", "~/.config/uscmdrelay")
+
+ALL_CLUSTERS = "*"
+AUTH_OPTIONS = ("auth_clusters", "description")
+WEAK_KEY_CHARS = 16
+
+# ConfigParser treats its default section specially (its options leak into every other
+# section). A name nobody can type keeps [DEFAULT] an ordinary section we can refuse.
+_NO_DEFAULT_SECTION = "\x00no default section"
+
+
+class ConfigError(Exception):
+    """A configuration problem; str() is the one line the user sees after 'Config error: '."""
+
+    def __init__(self, path, problem, section=None, option=None):
+        place = path
+        if section is not None:
+            place += ": [%s]" % section
+            if option is not None:
+                place += " %s" % option
+        Exception.__init__(self, "%s: %s" % (place, problem))
+
+
+class Command(object):
+    """One relay: `argv` (the configured command split with shlex) and its source `line`."""
+
+    __slots__ = ("cluster", "name", "line", "argv")
+
+    def __init__(self, cluster, name, line, argv):
+        self.cluster = cluster
+        self.name = name
+        self.line = line
+        self.argv = argv
+
+
+class KeyGrant(object):
+    """What one auth key may do: `clusters` (a frozenset, or ALL_CLUSTERS) and `label`."""
+
+    __slots__ = ("label", "clusters")
+
+    def __init__(self, label, clusters):
+        self.label = label
+        self.clusters = clusters
+
+    def allows(self, cluster):
+        return self.clusters == ALL_CLUSTERS or cluster in self.clusters
+
+
+class Config(object):
+    """A loaded, valid configuration.
+
+    `keys` maps sha256(key) to its `KeyGrant`, so the server never holds a table indexed by
+    the secret itself; `clusters` maps a cluster name to {command name: Command};
+    `warnings` lists what configtest reports but does not refuse.
+    """
+
+    def __init__(self, directory, keys, clusters, warnings):
+        self.directory = directory
+        self.keys = keys
+        self.clusters = clusters
+        self.warnings = warnings
+
+    @property
+    def command_count(self):
+        return sum(len(commands) for commands in self.clusters.values())
+
+
+def key_digest(key):
+    """Returns the sha256 digest (bytes) under which a key is stored and looked up."""
+    return hashlib.sha256(key.encode("utf-8")).digest()
+
+
+def key_fingerprint(key):
+    """A short name for a key with no description, safe to log: it does not reveal the key."""
+    return "sha256:" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
+
+
+def find_config_dir(search_path=SEARCH_PATH):
+    """Returns the first directory of `search_path` that holds auth.conf or relays.conf.
+
+    Raises ConfigError listing the places searched when there is none.
+    """
+    for candidate in search_path:
+        directory = os.path.expanduser(candidate)
+        if any(os.path.exists(os.path.join(directory, name))
+               for name in (AUTH_FILE, RELAYS_FILE)):
+            return directory
+    raise ConfigError(
+        "no configuration found",
+        "none of %s holds %s or %s; create one (see samples/) or pass --config-dir DIR"
+        % (", ".join(search_path), AUTH_FILE, RELAYS_FILE))
+
+
+def load_config(directory, shell_exec=False):
+    """Loads and validates `directory`/auth.conf and relays.conf; returns a `Config`.
+
+    Raises ConfigError for the first problem found.
+    """
+    auth_path = os.path.join(directory, AUTH_FILE)
+    relays_path = os.path.join(directory, RELAYS_FILE)
+    warnings = []
+    clusters = parse_relays(_read_ini(relays_path), relays_path)
+    check_auth_file_mode(auth_path)
+    keys = parse_auth(_read_ini(auth_path), auth_path, warnings)
+    _warn_about_references(keys, clusters, auth_path, warnings)
+    if not shell_exec:
+        _warn_about_executables(clusters, relays_path, warnings)
+    return Config(directory, _index_keys(keys), clusters, warnings)
+
+
+# ---------------------------------------------------------------------------------------
+# Reading INI
+
+def new_parser():
+    """A ConfigParser with the rules both files share (no interpolation, '=' only, ...)."""
+    parser = configparser.ConfigParser(
+        interpolation=None, strict=True, delimiters=("=",), comment_prefixes=("#", ";"),
+        inline_comment_prefixes=None, empty_lines_in_values=False,
+        default_section=_NO_DEFAULT_SECTION)
+    parser.optionxform = str
+    return parser
+
+
+def _read_ini(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return read_ini(handle, path)
+    except FileNotFoundError:
+        raise ConfigError(path, "file not found")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(path, "cannot read: %s" % _reason(error))
+
+
+def read_ini(handle, path):
+    """Parses an open file; returns the ConfigParser or raises ConfigError."""
+    parser = new_parser()
+    try:
+        parser.read_file(handle, source=path)
+    except configparser.DuplicateSectionError as error:
+        raise ConfigError(path, "line %s: section [%s] is defined twice"
+                          % (error.lineno, error.section))
+    except configparser.DuplicateOptionError as error:
+        raise ConfigError(path, "line %s: option is defined twice" % error.lineno,
+                          error.section, error.option)
+    except configparser.MissingSectionHeaderError as error:
+        raise ConfigError(path, "line %s: %r is outside any [section]"
+                          % (error.lineno, error.line.strip()))
+    except configparser.ParsingError as error:
+        lineno, line = error.errors[0]
+        raise ConfigError(path, "line %s: %r is not 'name = value'" % (lineno, line.strip()))
+    except configparser.Error as error:
+        raise ConfigError(path, _reason(error))
+    if parser.has_section("DEFAULT"):
+        raise ConfigError(path, "a [DEFAULT] section is not supported "
+                          "(the default cluster is spelled [default])", "DEFAULT")
+    return parser
+
+
+def _reason(error):
+    text = getattr(error, "strerror", None) or getattr(error, "message", None) or str(error)
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+
+
+# ---------------------------------------------------------------------------------------
+# relays.conf
+
+def parse_relays(parser, path):
+    """Returns {cluster: {name: Command}} from a parsed relays.conf; raises ConfigError."""
+    clusters = {}
+    for cluster in parser.sections():
+        _check_name(cluster, path, cluster, None, "cluster")
+        commands = {}
+        for name, line in parser.items(cluster):
+            _check_name(name, path, cluster, name, "command")
+            if "." in name:
+                raise ConfigError(path, "'.' is not allowed in a command name (it is "
+                                  "reserved for per-command settings)", cluster, name)
+            commands[name] = Command(cluster, name, line, split_command_line(
+                line, path, cluster, name))
+        clusters[cluster] = commands
+    if not clusters:
+        raise ConfigError(path, "no clusters defined; add a section such as [default] "
+                          "with a line 'name = command'")
+    return clusters
+
+
+def split_command_line(line, path, cluster, name):
+    """Returns the argv of a configured command line; raises ConfigError."""
+    try:
+        argv = shlex.split(line)
+    except ValueError as error:
+        raise ConfigError(path, str(error), cluster, name)
+    if not argv:
+        raise ConfigError(path, "empty command", cluster, name)
+    return argv
+
+
+def _check_name(value, path, section, option, what):
+    if "::" in value:
+        raise ConfigError(path, "'::' is not allowed in a %s name (it separates cluster "
+                          "and command)" % what, section, option)
+    if value != value.strip() or not value:
+        raise ConfigError(path, "a %s name may not be empty or start or end with white "
+                          "space" % what, section, option)
+
+
+def _warn_about_executables(clusters, path, warnings):
+    for cluster in sorted(clusters):
+        for name, command in sorted(clusters[cluster].items()):
+            program = command.argv[0]
+            if os.sep in program:
+                found = os.path.isfile(program) and os.access(program, os.X_OK)
+            else:
+                found = shutil.which(program) is not None
+            if not found:
+                warnings.append("%s: [%s] %s: %r is not an executable file%s" % (
+                    path, cluster, name, program,
+                    "" if os.sep in program else " on PATH"))
+
+
+# ---------------------------------------------------------------------------------------
+# auth.conf
+
+def check_auth_file_mode(path):
+    """Refuses an auth.conf that another user could read or write, like sshd's StrictModes."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise ConfigError(path, "file not found")
+    except OSError as error:
+        raise ConfigError(path, "cannot read: %s" % _reason(error))
+    mode = stat.S_IMODE(info.st_mode)
+    if info.st_uid != os.geteuid():
+        raise ConfigError(path, "owned by uid %d, but uscmdrelay runs as uid %d; "
+                          "chown it to that user and chmod 600 it"
+                          % (info.st_uid, os.geteuid()))
+    if mode & 0o077:
+        raise ConfigError(path, "mode %04o lets group or others access the keys; "
+                          "run chmod 600 %s" % (mode, path))
+
+
+def parse_auth(parser, path, warnings):
+    """Returns {key: KeyGrant} from a parsed auth.conf; raises ConfigError."""
+    keys = {}
+    for key in parser.sections():
+        if key != key.strip() or not key:
+            raise ConfigError(path, "an auth key may not start or end with white space",
+                              _hide(key))
+        for option in parser.options(key):
+            if option not in AUTH_OPTIONS:
+                raise ConfigError(path, "unknown option (expected %s)"
+                                  % " or ".join(AUTH_OPTIONS), _hide(key), option)
+        if not parser.has_option(key, "auth_clusters"):
+            raise ConfigError(path, "missing; list the clusters this key may use, or '*' "
+                              "for all", _hide(key), "auth_clusters")
+        clusters = parse_cluster_list(parser.get(key, "auth_clusters"), path, _hide(key))
+        description = parser.get(key, "description", fallback="").strip()
+        if len(key) < WEAK_KEY_CHARS:
+            warnings.append("%s: [%s] the key is shorter than %d characters; use a long "
+                            "random key" % (path, _hide(key), WEAK_KEY_CHARS))
+        keys[key] = KeyGrant(description or key_fingerprint(key), clusters)
+    if not keys:
+        warnings.append("%s: no keys defined; every request will be refused" % path)
+    return keys
+
+
+def parse_cluster_list(value, path, section):
+    """Returns frozenset of cluster names, or ALL_CLUSTERS; raises ConfigError."""
+    names = value.replace(",", " ").split()
+    if not names:
+        raise ConfigError(path, "empty; list the clusters this key may use, or '*' for all",
+                          section, "auth_clusters")
+    if ALL_CLUSTERS in names:
+        if len(names) > 1:
+            raise ConfigError(path, "'*' means all clusters and cannot be combined with "
+                              "names", section, "auth_clusters")
+        return ALL_CLUSTERS
+    return frozenset(names)
+
+
+def _hide(key):
+    """How an error message names a key's section: never the whole key."""
+    return "key %s" % key_fingerprint(key)
+
+
+def _warn_about_references(keys, clusters, path, warnings):
+    for key in sorted(keys, key=key_fingerprint):
+        grant = keys[key]
+        if grant.clusters == ALL_CLUSTERS:
+            continue
+        for cluster in sorted(grant.clusters - set(clusters)):
+            warnings.append("%s: [%s] auth_clusters: cluster %r is not defined in %s"
+                            % (path, _hide(key), cluster, RELAYS_FILE))
+
+
+def _index_keys(keys):
+    return dict((key_digest(key), grant) for key, grant in keys.items())

@@ -1,0 +1,188 @@
+"""Running one configured command with limits: time, output size, its whole process group.
+
+This module starts a process, collects its output and reaps it; it knows nothing about
+sockets, keys or JSON. `run` either returns an `Outcome` or raises `RelayError(3002)` when
+the command could not be started at all.
+"""
+
+import errno
+import os
+import select
+import shlex
+import signal
+import subprocess
+import time
+
+from .protocol import COMMAND_NOT_STARTED, RelayError
+
+# After SIGTERM, how long a timed-out command's process group gets before SIGKILL.
+TERM_GRACE_SECONDS = 2.0
+# After the command exits, how long we keep reading pipes that a background child it left
+# behind still holds open. The reply must not wait for that child.
+EXIT_DRAIN_SECONDS = 0.5
+# While pipes stay open we cannot tell the command exited from an EOF, so we also look at
+# its status at least this often.
+STATUS_POLL_SECONDS = 0.05
+READ_BYTES = 65536
+SHELL = "/bin/sh"
+
+
+class Outcome(object):
+    """What a finished command did.
+
+    `exit_code` (negative: killed by that signal), `stdout` and `stderr` (bytes, at most
+    the cap each), `truncated` (some output was dropped), `timed_out`, `duration_ms`.
+    """
+
+    __slots__ = ("exit_code", "stdout", "stderr", "truncated", "timed_out", "duration_ms")
+
+    def __init__(self, exit_code, stdout, stderr, truncated, timed_out, duration_ms):
+        self.exit_code = exit_code
+        self.stdout = stdout
+        self.stderr = stderr
+        self.truncated = truncated
+        self.timed_out = timed_out
+        self.duration_ms = duration_ms
+
+    def stdout_text(self):
+        return self.stdout.decode("utf-8", "replace")
+
+    def stderr_text(self):
+        return self.stderr.decode("utf-8", "replace")
+
+
+def build_argv(command, arguments, shell=False):
+    """Returns the argv that runs a configured `Command` with the client's arguments.
+
+    Without a shell the arguments are argv entries of their own and arrive literally.
+    With one, each argument is shlex-quoted onto the configured line, so a client can
+    never add shell syntax: `; rm -rf /` stays one literal word.
+    """
+    if shell:
+        words = [command.line] + [shlex.quote(argument) for argument in arguments]
+        return [SHELL, "-c", " ".join(words)]
+    return command.argv + list(arguments)
+
+
+class _Capture(object):
+    """Keeps the first `limit` bytes of a stream and counts what it dropped."""
+
+    __slots__ = ("limit", "chunks", "size", "dropped")
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.chunks = []
+        self.size = 0
+        self.dropped = 0
+
+    def add(self, data):
+        room = self.limit - self.size
+        if room > 0:
+            kept = data[:room]
+            self.chunks.append(kept)
+            self.size += len(kept)
+        self.dropped += max(0, len(data) - max(room, 0))
+
+    def value(self):
+        return b"".join(self.chunks)
+
+
+def run(argv, timeout=None, max_output=1048576, env=None, cwd=None):
+    """Runs `argv` and returns its `Outcome`; raises RelayError(3002) if it cannot start.
+
+    The child gets /dev/null as stdin, a session (and process group) of its own, and no
+    file descriptor above 2. `timeout` (seconds, None or 0 for none) ends the whole group:
+    SIGTERM, then SIGKILL after TERM_GRACE_SECONDS. Output past `max_output` bytes per
+    stream is read and dropped, so memory stays bounded whatever the command prints.
+    """
+    started = time.monotonic()
+    try:
+        process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            close_fds=True, start_new_session=True, env=env, cwd=cwd)
+    except (OSError, ValueError, subprocess.SubprocessError) as error:
+        raise RelayError(COMMAND_NOT_STARTED, "cannot start %s: %s"
+                         % (argv[0], _start_failure(error)))
+    try:
+        captures, timed_out = _collect(process, started, timeout, max_output)
+    finally:
+        process.stdout.close()
+        process.stderr.close()
+        if process.returncode is None:
+            # Only reached when collecting itself failed: leave nothing running.
+            _signal_group(process.pid, signal.SIGKILL)
+            process.wait()
+    stdout, stderr = captures
+    return Outcome(process.returncode, stdout.value(), stderr.value(),
+                   bool(stdout.dropped or stderr.dropped), timed_out,
+                   round((time.monotonic() - started) * 1000.0, 1))
+
+
+def _collect(process, started, timeout, max_output):
+    stdout, stderr = _Capture(max_output), _Capture(max_output)
+    open_pipes = {process.stdout.fileno(): stdout, process.stderr.fileno(): stderr}
+    poller = select.poll()
+    for fd in open_pipes:
+        poller.register(fd, select.POLLIN)
+    deadline = started + timeout if timeout else None
+    kill_at = None
+    exited_at = None
+    timed_out = False
+    # Nothing left to read but not reaped yet: usually a matter of microseconds, so look
+    # again soon, then back off.
+    reap_wait = 0.0002
+    while True:
+        now = time.monotonic()
+        if exited_at is None and process.poll() is not None:
+            exited_at = now
+        if exited_at is not None and (not open_pipes or now >= exited_at + EXIT_DRAIN_SECONDS):
+            break
+        if deadline is not None and now >= deadline and not timed_out:
+            timed_out = True
+            _signal_group(process.pid, signal.SIGTERM)
+            kill_at = now + TERM_GRACE_SECONDS
+        if kill_at is not None and now >= kill_at:
+            _signal_group(process.pid, signal.SIGKILL)
+            kill_at = None
+        poller_wait = _next_wait(now, open_pipes, exited_at, deadline, timed_out, kill_at,
+                                 reap_wait)
+        if not open_pipes and exited_at is None:
+            reap_wait = min(reap_wait * 2, STATUS_POLL_SECONDS)
+        for fd, _ in poller.poll(poller_wait * 1000.0):
+            data = os.read(fd, READ_BYTES)
+            if data:
+                open_pipes[fd].add(data)
+            else:
+                poller.unregister(fd)
+                del open_pipes[fd]
+    if timed_out:
+        # The command is gone; whatever of its group ignored SIGTERM goes now.
+        _signal_group(process.pid, signal.SIGKILL)
+    return (stdout, stderr), timed_out
+
+
+def _next_wait(now, open_pipes, exited_at, deadline, timed_out, kill_at, reap_wait):
+    """Seconds the poller may sleep before something needs looking at."""
+    if exited_at is not None:
+        return max(0.0, exited_at + EXIT_DRAIN_SECONDS - now)
+    wait = STATUS_POLL_SECONDS if open_pipes else reap_wait
+    if kill_at is not None:
+        wait = min(wait, kill_at - now)
+    elif deadline is not None and not timed_out:
+        wait = min(wait, deadline - now)
+    return max(0.0, wait)
+
+
+def _signal_group(pgid, signum):
+    """Signals a whole process group; a group that is already gone is fine."""
+    try:
+        os.killpg(pgid, signum)
+    except OSError as error:
+        if error.errno not in (errno.ESRCH, errno.EPERM):
+            raise
+
+
+def _start_failure(error):
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error) or type(error).__name__

@@ -1,0 +1,337 @@
+"""The wire protocol: request framing and validation, reply encoding, the error codes.
+
+Sans-IO: this module turns bytes into a `Request` (or raises `RelayError` carrying the code
+to answer with) and turns a reply into bytes. It never touches a socket, a thread or a
+process; the server does all the IO.
+"""
+
+import json
+import re
+
+# The one table of reply codes. 10xx: authentication, 20xx: the client's data,
+# 30xx: running the command, 9999: a bug in the server.
+OK = 0
+AUTH_FAILED = 1001
+CLUSTER_NOT_ALLOWED = 1002
+BAD_JSON = 2001
+BAD_FIELD = 2002
+UNKNOWN_CLUSTER = 2003
+UNKNOWN_COMMAND = 2004
+REQUEST_TOO_LARGE = 2005
+REQUEST_TIMEOUT = 2006
+COMMAND_FAILED = 3001
+COMMAND_NOT_STARTED = 3002
+COMMAND_TIMED_OUT = 3003
+SERVER_BUSY = 3004
+INTERNAL_ERROR = 9999
+
+CODES = {
+    OK: "the command ran and exited 0",
+    AUTH_FAILED: "authentication failed",
+    CLUSTER_NOT_ALLOWED: "this key may not use this cluster",
+    BAD_JSON: "the request is not UTF-8 JSON, or not a JSON object",
+    BAD_FIELD: "a field is missing or invalid",
+    UNKNOWN_CLUSTER: "unknown cluster",
+    UNKNOWN_COMMAND: "unknown command in that cluster",
+    REQUEST_TOO_LARGE: "the request is too large",
+    REQUEST_TIMEOUT: "the request was not complete in time",
+    COMMAND_FAILED: "the command exited with a non-zero status",
+    COMMAND_NOT_STARTED: "the command could not be started",
+    COMMAND_TIMED_OUT: "the command timed out and was killed",
+    SERVER_BUSY: "the server is busy",
+    INTERNAL_ERROR: "internal server error",
+}
+
+DEFAULT_CLUSTER = "default"
+CLUSTER_SEPARATOR = "::"
+FIELDS = ("auth_key", "command", "arguments")
+
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
+class RelayError(Exception):
+    """A request that gets an error reply: `.code` is from CODES, `.message` is for the client."""
+
+    def __init__(self, code, message=None):
+        Exception.__init__(self, code, message)
+        self.code = code
+        self.message = message if message is not None else CODES[code]
+
+    def __str__(self):
+        return "%d: %s" % (self.code, self.message)
+
+
+class Request(object):
+    """A validated request: `auth_key`, `cluster`, `name` (the command) and `arguments`."""
+
+    __slots__ = ("auth_key", "cluster", "name", "arguments")
+
+    def __init__(self, auth_key, cluster, name, arguments):
+        self.auth_key = auth_key
+        self.cluster = cluster
+        self.name = name
+        self.arguments = arguments
+
+    @property
+    def command(self):
+        """The command as `cluster::name`, the spelling logs and replies use."""
+        return self.cluster + CLUSTER_SEPARATOR + self.name
+
+    def __repr__(self):
+        # Never show the key, not even in a debugger or a traceback.
+        return "Request(command=%r, arguments=%r)" % (self.command, self.arguments)
+
+
+# ---------------------------------------------------------------------------------------
+# Framing
+
+# What the scanner looks for: outside a string, the structure; inside one, its end,
+# an escape, or a raw newline (which JSON forbids inside strings).
+_OUTSIDE_STRING = re.compile(rb'["{}\[\]\n]')
+_INSIDE_STRING = re.compile(rb'["\\\n]')
+_NOT_WHITESPACE = re.compile(rb"[^ \t\r\n]")
+
+
+class RequestReader(object):
+    """Collects a request's bytes and says when they end.
+
+    Feed it bytes with `feed()` and call `finish()` at end of input. A request ends at a
+    newline once the bytes so far form a complete JSON value, or at end of input. `feed()`
+    returns the `Request` once the request has ended and None while more bytes are needed;
+    both raise `RelayError` as soon as the bytes are too many or can never become valid.
+
+    To decide where a request may end without re-parsing the whole buffer at every
+    newline (quadratic for a slow-drip client), it keeps a small scanner state: inside a
+    string or not, and the bracket depth. A full parse runs at a newline at depth 0, and
+    otherwise only when the buffer has doubled since the last one, which keeps the total
+    work linear while still catching `{"a": not json` at its first newline.
+    """
+
+    def __init__(self, max_bytes):
+        self.max_bytes = max_bytes
+        self._buffer = bytearray()
+        self._scanned = 0          # bytes of the buffer the scanner has seen
+        self._in_string = False
+        self._escaped = False      # the previous byte inside a string was a backslash
+        self._depth = 0
+        self._started = False      # a byte other than whitespace was seen
+        self._last_parse_size = 0
+
+    def feed(self, data):
+        """Adds received bytes; returns the `Request` once complete, else None."""
+        if len(self._buffer) + len(data) > self.max_bytes:
+            raise RelayError(REQUEST_TOO_LARGE,
+                             "request is larger than %d bytes" % self.max_bytes)
+        self._buffer += data
+        return self._scan()
+
+    def finish(self):
+        """End of input: returns the `Request` or raises `RelayError`."""
+        text = _strip_bom(bytes(self._buffer))
+        if not text.strip():
+            raise RelayError(BAD_JSON, "empty request")
+        return parse_request(text)
+
+    def _scan(self):
+        buffer = self._buffer
+        pos = self._scanned
+        end = len(buffer)
+        while pos < end:
+            if self._in_string:
+                if self._escaped:
+                    self._escaped = False
+                    pos += 1
+                    continue
+                match = _INSIDE_STRING.search(buffer, pos)
+                if match is None:
+                    pos = end
+                    break
+                char = buffer[match.start()]
+                pos = match.end()
+                if char == 0x22:     # "
+                    self._in_string = False
+                elif char == 0x5C:   # backslash
+                    self._escaped = True
+                else:                # a raw newline inside a string: never valid JSON
+                    raise RelayError(BAD_JSON, "invalid JSON: newline inside a string")
+                continue
+            if not self._started:
+                match = _NOT_WHITESPACE.search(buffer, pos)
+                if match is None:
+                    pos = end
+                    break
+                self._started = True
+                pos = match.start()
+            match = _OUTSIDE_STRING.search(buffer, pos)
+            if match is None:
+                pos = end
+                break
+            char = buffer[match.start()]
+            pos = match.end()
+            if char == 0x22:
+                self._in_string = True
+            elif char in (0x7B, 0x5B):     # { [
+                self._depth += 1
+            elif char in (0x7D, 0x5D):     # } ]
+                self._depth -= 1
+                if self._depth < 0:
+                    raise RelayError(BAD_JSON, "invalid JSON: unbalanced %r" % chr(char))
+            else:
+                request = self._at_newline(pos - 1)
+                if request is not None:
+                    self._scanned = pos
+                    return request
+        self._scanned = pos
+        return None
+
+    def _at_newline(self, newline_at):
+        """Returns the Request if the bytes before `newline_at` are one, else None."""
+        if not self._started:
+            return None
+        if self._depth > 0 and len(self._buffer) < 2 * self._last_parse_size:
+            return None
+        self._last_parse_size = max(len(self._buffer), 1)
+        text = bytes(self._buffer[:newline_at])
+        if self._depth > 0:
+            # Cannot be complete yet: parse only to catch what can never become valid.
+            _raise_unless_incomplete(text)
+            return None
+        return parse_request(text)
+
+
+def _strip_bom(data):
+    return data[3:] if data.startswith(_UTF8_BOM) else data
+
+
+def _decode(data):
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise RelayError(BAD_JSON, "request is not valid UTF-8 (byte %d)" % error.start)
+
+
+def _raise_unless_incomplete(data):
+    """Raises RelayError(2001) unless `data` is a prefix that more bytes could complete."""
+    text = _decode(_strip_bom(data)).strip()
+    try:
+        _DECODER.decode(text)
+    except ValueError as error:
+        # The json module reports where it gave up: at the very end means it simply ran
+        # out of input (a prefix of something valid); anywhere before is a real error.
+        if getattr(error, "pos", -1) >= len(text):
+            return
+        raise RelayError(BAD_JSON, "invalid JSON: %s" % _json_reason(error))
+
+
+# ---------------------------------------------------------------------------------------
+# Parsing and validation
+
+class _Pairs(list):
+    """A JSON object as its list of (name, value) pairs, so duplicates stay visible."""
+
+
+def _reject_constant(name):
+    # json accepts NaN and Infinity, which are not JSON.
+    raise ValueError("%s is not valid JSON" % name)
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_Pairs, parse_constant=_reject_constant)
+
+
+def _json_reason(error):
+    return getattr(error, "msg", None) or str(error)
+
+
+def parse_request(data):
+    """Parses one whole request (bytes); returns a `Request` or raises `RelayError`."""
+    text = _decode(_strip_bom(data)).strip()
+    if not text:
+        raise RelayError(BAD_JSON, "empty request")
+    try:
+        value = _DECODER.decode(text)
+    except ValueError as error:
+        raise RelayError(BAD_JSON, "invalid JSON: %s" % _json_reason(error))
+    if not isinstance(value, _Pairs):
+        raise RelayError(BAD_JSON, "request must be a JSON object")
+    return validate_request(value)
+
+
+def validate_request(pairs):
+    """Checks the fields of a request object given as (name, value) pairs."""
+    fields = {}
+    for name, value in pairs:
+        if name not in FIELDS:
+            raise RelayError(BAD_FIELD, "unknown field %s" % json.dumps(name))
+        if name in fields:
+            raise RelayError(BAD_FIELD, "field %r given more than once" % name)
+        fields[name] = value
+
+    auth_key = fields.get("auth_key")
+    _check_string("auth_key", auth_key)
+    command = fields.get("command")
+    _check_string("command", command)
+    cluster, name = split_command(command)
+
+    arguments = fields.get("arguments", [])
+    if not isinstance(arguments, list) or isinstance(arguments, _Pairs):
+        raise RelayError(BAD_FIELD, "arguments must be a list of strings")
+    for index, argument in enumerate(arguments):
+        _check_string("arguments[%d]" % index, argument, allow_empty=True)
+    return Request(auth_key, cluster, name, arguments)
+
+
+def _check_string(field, value, allow_empty=False):
+    if value is None:
+        raise RelayError(BAD_FIELD, "missing field %r" % field)
+    if not isinstance(value, str):
+        raise RelayError(BAD_FIELD, "%s must be a string" % field)
+    if not value and not allow_empty:
+        raise RelayError(BAD_FIELD, "%s must not be empty" % field)
+    if "\x00" in value:
+        raise RelayError(BAD_FIELD, "%s contains a NUL character" % field)
+    try:
+        # A lone surrogate (an escape like \ud800) cannot reach argv or a log line.
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RelayError(BAD_FIELD, "%s is not valid Unicode" % field)
+
+
+def split_command(command):
+    """Returns (cluster, name) for `name` or `cluster::name`; raises RelayError(2002)."""
+    if CLUSTER_SEPARATOR in command:
+        cluster, name = command.split(CLUSTER_SEPARATOR, 1)
+    else:
+        cluster, name = DEFAULT_CLUSTER, command
+    if not cluster or not name or CLUSTER_SEPARATOR in name:
+        raise RelayError(BAD_FIELD, "command must be 'name' or 'cluster::name', got %s"
+                         % json.dumps(command))
+    return cluster, name
+
+
+# ---------------------------------------------------------------------------------------
+# Replies
+
+def encode_reply(reply):
+    """Returns the bytes of one reply: a JSON object on one line, ending in a newline."""
+    return (json.dumps(reply, ensure_ascii=False, separators=(", ", ": ")) + "\n").encode(
+        "utf-8")
+
+
+def error_reply(code, message=None):
+    """Returns the reply object for an error code, with CODES' text unless `message`."""
+    return {"status": "error", "message": message if message is not None else CODES[code],
+            "code": code}
+
+
+def command_reply(code, message, outcome):
+    """Returns the reply object for a command that was started (see executor.Outcome)."""
+    return {
+        "status": "success" if code == OK else "error",
+        "message": message,
+        "code": code,
+        "exit_code": outcome.exit_code,
+        "stdout": outcome.stdout_text(),
+        "stderr": outcome.stderr_text(),
+        "duration_ms": outcome.duration_ms,
+        "truncated": outcome.truncated,
+    }
