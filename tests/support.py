@@ -94,11 +94,13 @@ def environment(program="pyz", extra=None):
 class ServerProcess(object):
     """A real uscmdrelay server in a subprocess; `port` is the port it bound."""
 
-    def __init__(self, config_dir, args=(), program="pyz", log_path=None, env=None):
+    def __init__(self, config_dir, args=(), program="pyz", log_path=None, env=None,
+                 wrapper=()):
         self.log_path = log_path or os.path.join(config_dir, "server.log")
         self._log = open(self.log_path, "wb")
-        argv = command(program) + ["--config-dir", config_dir, "--host", "127.0.0.1",
-                                   "--port", "0"] + list(args)
+        # `wrapper` goes before the interpreter, e.g. a shell that lowers a ulimit first.
+        argv = list(wrapper) + command(program) + [
+            "--config-dir", config_dir, "--host", "127.0.0.1", "--port", "0"] + list(args)
         self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                         stdout=self._log, stderr=self._log,
                                         env=environment(program, env))

@@ -122,7 +122,12 @@ class RelayServer(object):
         try:
             while not self._stopping:
                 for key, _ in selector.select(self._next_timeout()):
-                    key.data(key.fileobj)
+                    try:
+                        key.data(key.fileobj)
+                    except Exception:
+                        # A bug must cost one connection at most, never the server.
+                        log.exception("internal error in the connection loop")
+                        self._drop(key.fileobj)
                 self._expire(time.monotonic())
         finally:
             for sock in list(self._reading):
@@ -171,6 +176,20 @@ class RelayServer(object):
             self._accept_paused_until = None
             self._selector.register(self._listener, selectors.EVENT_READ, self._accept)
 
+    def _drop(self, fileobj):
+        """Cleans up after an unexpected error in a loop callback for `fileobj`."""
+        if fileobj in self._reading:
+            client = self._reading[fileobj]
+            self._answer_from_loop(fileobj, client.address, RelayError(INTERNAL_ERROR))
+        elif fileobj in self._lingering:
+            self._end_linger(fileobj)
+        elif fileobj is self._listener and self._accept_paused_until is None:
+            self._pause_accept()
+
+    def _pause_accept(self):
+        self._selector.unregister(self._listener)
+        self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE_SECONDS
+
     def _drain_wake_pipe(self, fd):
         try:
             os.read(fd, 4096)
@@ -189,8 +208,7 @@ class RelayServer(object):
                 if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     log.warning("cannot accept connections: %s; pausing accept for %g s",
                                 error.strerror, ACCEPT_PAUSE_SECONDS)
-                    self._selector.unregister(listener)
-                    self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE_SECONDS
+                    self._pause_accept()
                     return
                 raise
             sock.setblocking(False)
@@ -230,7 +248,14 @@ class RelayServer(object):
             return
         self._selector.unregister(sock)
         del self._reading[sock]
-        self._workers.submit(lambda: self._serve(sock, client.address, request))
+        try:
+            self._workers.submit(lambda: self._serve(sock, client.address, request))
+        except RuntimeError as error:
+            # "can't start new thread": out of memory or of the process' thread limit.
+            log.error("cannot start a worker thread: %s", error)
+            self._release()
+            self._send_and_linger(sock, encode_reply(error_reply(
+                SERVER_BUSY, "server busy: cannot start a worker")))
 
     def _answer_from_loop(self, sock, address, error):
         """Answers a request that failed before it was complete, then lets it go."""
@@ -354,30 +379,38 @@ class _Workers(object):
         self._idle = 0
 
     def submit(self, job):
+        """Runs `job()` in a thread; raises RuntimeError if a needed thread cannot start."""
         with self._lock:
-            start_thread = self._idle == 0
-            if not start_thread:
+            if self._idle > 0:
                 self._idle -= 1
-        self._jobs.put(job)
-        if start_thread:
-            thread = threading.Thread(target=self._work, name="uscmdrelay-worker")
-            thread.daemon = True
-            thread.start()
+                self._jobs.put(job)
+                return
+        # A new thread gets its first job directly: if it cannot start, nothing is queued.
+        thread = threading.Thread(target=self._work, args=(job,), name="uscmdrelay-worker")
+        thread.daemon = True
+        thread.start()
 
-    def _work(self):
+    def _work(self, job):
+        while job is not None:
+            try:
+                job()
+            except Exception:
+                log.exception("internal error in a worker thread")
+            with self._lock:
+                self._idle += 1
+            job = self._next_job()
+
+    def _next_job(self):
+        """Waits for a job; returns None when this thread should retire."""
         while True:
             try:
-                job = self._jobs.get(timeout=WORKER_IDLE_SECONDS)
+                return self._jobs.get(timeout=WORKER_IDLE_SECONDS)
             except queue.Empty:
                 with self._lock:
                     # Retire only if no job was promised to an idle thread meanwhile.
                     if self._idle > 0 and self._jobs.empty():
                         self._idle -= 1
-                        return
-                continue
-            job()
-            with self._lock:
-                self._idle += 1
+                        return None
 
 
 def _listen(host, port):

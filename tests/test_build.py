@@ -1,0 +1,102 @@
+"""The zipapp build: reproducible, fresh, runnable, and polite to old interpreters."""
+
+import glob
+import hashlib
+import io
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import unittest
+import zipfile
+
+from tests import support
+
+sys.path.insert(0, support.ROOT)
+import build_zipapp  # noqa: E402
+
+
+def _python2():
+    for pattern in ("/root/.pyenv/versions/2.*/bin/python", "/usr/bin/python2"):
+        for path in sorted(glob.glob(pattern)):
+            if os.access(path, os.X_OK):
+                return path
+    return shutil.which("python2")
+
+
+class BuildTest(unittest.TestCase):
+
+    def test_two_builds_are_byte_identical(self):
+        first, second = build_zipapp.build(), build_zipapp.build()
+        self.assertEqual(hashlib.sha256(first).hexdigest(),
+                         hashlib.sha256(second).hexdigest())
+
+    def test_committed_pyz_is_a_fresh_build(self):
+        with open(support.PYZ, "rb") as handle:
+            committed = handle.read()
+        self.assertTrue(committed == build_zipapp.build(),
+                        "dist/uscmdrelay.pyz is stale: run python3 build_zipapp.py")
+
+    def test_pyz_starts_with_shebang_and_is_executable(self):
+        with open(support.PYZ, "rb") as handle:
+            self.assertEqual(handle.readline(), b"#!/usr/bin/env python3\n")
+        self.assertEqual(stat.S_IMODE(os.stat(support.PYZ).st_mode) & 0o755, 0o755)
+
+    def test_archive_is_sorted_with_fixed_times_and_no_bytecode(self):
+        archive = zipfile.ZipFile(io.BytesIO(build_zipapp.build()))
+        names = archive.namelist()
+        self.assertEqual(names, sorted(names))
+        self.assertIn("__main__.py", names)
+        self.assertIn("uscmdrelay/cli.py", names)
+        self.assertIn("uscmdrelay/protocol.py", names)
+        for info in archive.infolist():
+            self.assertEqual(info.date_time, build_zipapp.FIXED_DATE_TIME, info.filename)
+            self.assertEqual(stat.S_IMODE(info.external_attr >> 16), 0o644, info.filename)
+            self.assertNotIn("__pycache__", info.filename)
+            self.assertFalse(info.filename.endswith(".pyc"), info.filename)
+            self.assertFalse(info.filename.startswith("tests/"), info.filename)
+
+    def test_check_reports_a_stale_file(self):
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "uscmdrelay.pyz")
+        fresh = build_zipapp.build()
+        build_zipapp.write(fresh, path)
+        self.assertIsNone(build_zipapp.check(fresh, path))
+        with open(path, "ab") as handle:
+            handle.write(b"\n")
+        problem = build_zipapp.check(fresh, path)
+        self.assertIn("stale", problem)
+        self.assertIn("python3 build_zipapp.py", problem)
+
+    def test_check_command_exits_zero_when_fresh(self):
+        result = subprocess.run([sys.executable, os.path.join(support.ROOT, "build_zipapp.py"),
+                                 "--check"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                universal_newlines=True, timeout=60)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("fresh", result.stdout)
+
+    def test_pyz_runs_under_this_interpreter(self):
+        result = subprocess.run([sys.executable, support.PYZ, "--version"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                universal_newlines=True, timeout=60)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertRegex(result.stdout.strip(), r"^uscmdrelay \d+\.\d+\.\d+$")
+
+    def test_python2_gets_one_line_instead_of_a_syntax_error(self):
+        python2 = _python2()
+        if python2 is None:
+            self.skipTest("no Python 2 interpreter here")
+        result = subprocess.run([python2, support.PYZ, "--version"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(result.stdout, "")
+        lines = result.stderr.splitlines()
+        self.assertEqual(len(lines), 1, result.stderr)
+        self.assertIn("needs Python 3.6 or newer", lines[0])
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,90 @@
+"""Faults the server must survive: a bug in one request, running out of descriptors."""
+
+import os
+import socket
+import subprocess
+import threading
+import time
+import unittest
+
+from tests import support
+
+from uscmdrelay.config import Command, load_config  # noqa: E402
+from uscmdrelay.server import Options, RelayServer  # noqa: E402
+
+
+class InternalErrorTest(unittest.TestCase):
+    """9999 cannot be provoked by a client (that is the point), so the fault is planted
+    in the configuration object the server is given: a command whose argv is not a list."""
+
+    def setUp(self):
+        directory = support.make_config_dir(self)
+        self.config = load_config(directory)
+        self.config.clusters["default"]["broken"] = Command("default", "broken", "x", None)
+        self.server = RelayServer(self.config, Options(host="127.0.0.1", port=0))
+        thread = threading.Thread(target=self.server.serve_forever)
+        thread.start()
+        self.addCleanup(self.server.server_close)
+        self.addCleanup(thread.join, 30)
+        self.addCleanup(self.server.shutdown)
+        self.port = self.server.address[1]
+
+    def test_a_bug_answers_9999_logs_a_traceback_and_the_server_keeps_serving(self):
+        with self.assertLogs("uscmdrelay", "ERROR") as logs:
+            reply = support.request(self.port, command="broken")
+        self.assertEqual(reply, {"status": "error", "message": "internal server error",
+                                 "code": 9999})
+        self.assertIn("Traceback", "\n".join(logs.output))
+        self.assertNotIn(support.KEY, "\n".join(logs.output))
+        self.assertEqual(support.request(self.port, command="echo",
+                                         arguments=["still here"])["message"], "still here")
+
+
+def _cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / float(os.sysconf("SC_CLK_TCK"))
+
+
+@unittest.skipUnless(os.path.isdir("/proc/self"), "needs /proc")
+class DescriptorExhaustionTest(unittest.TestCase):
+
+    def test_running_out_of_descriptors_delays_clients_without_crash_or_spin(self):
+        directory = support.make_config_dir(self)
+        # A shell lowers the limit, then execs the real server: few descriptors to spare.
+        server = support.ServerProcess(
+            directory, args=["--request-timeout", "30"],
+            wrapper=["sh", "-c", "ulimit -n 40 && exec \"$@\"", "sh"])
+        self.addCleanup(server.stop)
+
+        held = []
+        self.addCleanup(lambda: [sock.close() for sock in held])
+        for _ in range(60):  # more than the server has descriptors for
+            held.append(socket.create_connection(("127.0.0.1", server.port), timeout=10))
+        deadline = time.monotonic() + 10
+        while "cannot accept connections" not in server.log_text():
+            self.assertLess(time.monotonic(), deadline, server.log_text())
+            time.sleep(0.05)
+
+        before = _cpu_seconds(server.process.pid)
+        time.sleep(1.0)
+        spent = _cpu_seconds(server.process.pid) - before
+        self.assertLess(spent, 0.5, "the server spins while out of descriptors")
+        self.assertIsNone(server.process.poll())
+
+        for sock in held:
+            sock.close()
+        del held[:]
+        # Once descriptors are free again, clients are served as usual.
+        deadline = time.monotonic() + 20
+        while True:
+            reply = support.request(server.port, command="echo", arguments=["back"])
+            if reply["code"] == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        self.assertEqual(reply["message"], "back")
+        self.assertNotIn("Traceback", server.log_text())
+
+
+if __name__ == "__main__":
+    unittest.main()
