@@ -8,11 +8,13 @@ on stderr, never a traceback.
 import argparse
 import logging
 import logging.handlers
+import shlex
 import signal
 import sys
 
 from . import __version__
 from .config import ConfigError, find_config_dir, load_config
+from .init_config import InitError, default_config_dir, write_config
 from .server import Options, RelayServer, StartupError
 
 log = logging.getLogger("uscmdrelay")
@@ -75,11 +77,30 @@ def build_parser():
                         "integer"), default=256,
                         help="client connections open at once; more get code 3004 "
                              "(default: 256)")
-    commands = parser.add_subparsers(dest="subcommand", title="commands", metavar="{configtest}")
-    commands.add_parser("configtest", help="check the configuration and exit",
-                        description="Check auth.conf and relays.conf; exit 0 when valid, "
-                                    "2 when not.")
+    parser.add_argument("--shutdown-timeout", metavar="S", type=_number(float, 0),
+                        default=30.0,
+                        help="on SIGTERM, seconds requests in flight get to finish before "
+                             "their commands are killed (default: 30)")
+    commands = parser.add_subparsers(dest="subcommand", title="commands",
+                                     metavar="{configtest,init}")
+    configtest = commands.add_parser(
+        "configtest", help="check the configuration and exit",
+        description="Check auth.conf and relays.conf; exit 0 when valid, 2 when not.")
+    _add_config_dir(configtest)
+    init = commands.add_parser(
+        "init", help="write a first configuration with a new random key",
+        description="Create the config directory (0700), an auth.conf (0600) with one new "
+                    "random key granted the default cluster, and a relays.conf with a few "
+                    "harmless commands. Existing files are never overwritten.")
+    _add_config_dir(init, "(default: %s)" % default_config_dir())
     return parser
+
+
+def _add_config_dir(subparser, default_text=""):
+    # SUPPRESS: without a value here, the subparser must not reset the value given
+    # before the subcommand (`uscmdrelay --config-dir D configtest`).
+    subparser.add_argument("--config-dir", metavar="DIR", default=argparse.SUPPRESS,
+                           help="directory holding auth.conf and relays.conf " + default_text)
 
 
 def main(argv=None):
@@ -87,6 +108,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.subcommand == "configtest":
         return configtest(args)
+    if args.subcommand == "init":
+        return init(args)
     return serve(args)
 
 
@@ -108,6 +131,24 @@ def configtest(args):
           % (len(config.keys), len(config.clusters), config.command_count))
     for warning in config.warnings:
         print("warning: %s" % warning)
+    return EXIT_OK
+
+
+def init(args):
+    directory = args.config_dir or default_config_dir()
+    try:
+        key, auth_path, relays_path = write_config(directory)
+    except InitError as error:
+        print("uscmdrelay: %s" % error, file=sys.stderr)
+        return EXIT_STARTUP
+    print("Created %s (mode 0600) and %s." % (auth_path, relays_path))
+    print("Your auth key (keep it secret; it is also in %s):" % auth_path)
+    print("    %s" % key)
+    print("Start the server:")
+    print("    uscmdrelay --config-dir %s --host 127.0.0.1" % shlex.quote(directory))
+    print("Call it:")
+    print("    echo '{\"auth_key\": \"%s\", \"command\": \"uptime\"}' | nc 127.0.0.1 7777 | jq"
+          % key)
     return EXIT_OK
 
 

@@ -117,7 +117,7 @@ def load_config(directory, shell_exec=False):
     warnings = []
     clusters = parse_relays(_read_ini(relays_path), relays_path)
     check_auth_file_mode(auth_path)
-    keys = parse_auth(_read_ini(auth_path), auth_path, warnings)
+    keys = parse_auth(_read_ini(auth_path, secret=True), auth_path, warnings)
     _warn_about_references(keys, clusters, auth_path, warnings)
     if not shell_exec:
         _warn_about_executables(clusters, relays_path, warnings)
@@ -137,39 +137,55 @@ def new_parser():
     return parser
 
 
-def _read_ini(path):
+def _read_ini(path, secret=False):
     try:
         with open(path, encoding="utf-8") as handle:
-            return read_ini(handle, path)
+            return read_ini(handle, path, secret)
     except FileNotFoundError:
         raise ConfigError(path, "file not found")
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(path, "cannot read: %s" % _reason(error))
 
 
-def read_ini(handle, path):
-    """Parses an open file; returns the ConfigParser or raises ConfigError."""
+def read_ini(handle, path, secret=False):
+    """Parses an open file; returns the ConfigParser or raises ConfigError.
+
+    With `secret` (auth.conf, whose section names are keys) messages name a section by its
+    fingerprint and never quote a line, which may be a key typed without its brackets.
+    """
     parser = new_parser()
+    text = handle.read()
     try:
-        parser.read_file(handle, source=path)
+        parser.read_string(text, source=path)
     except configparser.DuplicateSectionError as error:
         raise ConfigError(path, "line %s: section [%s] is defined twice"
-                          % (error.lineno, error.section))
+                          % (error.lineno, _section_name(error.section, secret)))
     except configparser.DuplicateOptionError as error:
         raise ConfigError(path, "line %s: option is defined twice" % error.lineno,
-                          error.section, error.option)
+                          _section_name(error.section, secret), error.option)
     except configparser.MissingSectionHeaderError as error:
-        raise ConfigError(path, "line %s: %r is outside any [section]"
-                          % (error.lineno, error.line.strip()))
+        raise ConfigError(path, "line %s: %s is outside any [section]"
+                          % (error.lineno, _quote_line(error.line, secret)))
     except configparser.ParsingError as error:
-        lineno, line = error.errors[0]
-        raise ConfigError(path, "line %s: %r is not 'name = value'" % (lineno, line.strip()))
+        # Python < 3.13 keeps repr(line) in .errors, 3.13 the line itself: so the line is
+        # taken from the text, for the same message on every version.
+        lineno = error.errors[0][0]
+        raise ConfigError(path, "line %s: %s is not 'name = value'"
+                          % (lineno, _quote_line(text.split("\n")[lineno - 1], secret)))
     except configparser.Error as error:
         raise ConfigError(path, _reason(error))
     if parser.has_section("DEFAULT"):
         raise ConfigError(path, "a [DEFAULT] section is not supported "
                           "(the default cluster is spelled [default])", "DEFAULT")
     return parser
+
+
+def _section_name(section, secret):
+    return _hide(section) if secret else section
+
+
+def _quote_line(line, secret):
+    return "this line" if secret else repr(line.strip())
 
 
 def _reason(error):
@@ -208,6 +224,8 @@ def split_command_line(line, path, cluster, name):
         raise ConfigError(path, str(error), cluster, name)
     if not argv:
         raise ConfigError(path, "empty command", cluster, name)
+    if not argv[0]:
+        raise ConfigError(path, "the program name (the first word) is empty", cluster, name)
     return argv
 
 

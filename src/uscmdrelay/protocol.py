@@ -103,8 +103,9 @@ class RequestReader(object):
     To decide where a request may end without re-parsing the whole buffer at every
     newline (quadratic for a slow-drip client), it keeps a small scanner state: inside a
     string or not, and the bracket depth. A full parse runs at a newline at depth 0, and
-    otherwise only when the buffer has doubled since the last one, which keeps the total
-    work linear while still catching `{"a": not json` at its first newline.
+    otherwise only when the bytes before the newline have doubled since the last one,
+    which keeps the total work linear while still catching `{"a": not json` at its first
+    newline.
     """
 
     def __init__(self, max_bytes):
@@ -140,6 +141,8 @@ class RequestReader(object):
             if self._in_string:
                 if self._escaped:
                     self._escaped = False
+                    if buffer[pos] == 0x0A:  # a backslash cannot escape a raw newline
+                        raise RelayError(BAD_JSON, "invalid JSON: newline inside a string")
                     pos += 1
                     continue
                 match = _INSIDE_STRING.search(buffer, pos)
@@ -188,10 +191,17 @@ class RequestReader(object):
         """Returns the Request if the bytes before `newline_at` are one, else None."""
         if not self._started:
             return None
-        if self._depth > 0 and len(self._buffer) < 2 * self._last_parse_size:
+        # Measured by what is parsed (the bytes before the newline), not by the buffer:
+        # a multi-line chunk received at once must not skip the checks of its later lines.
+        if self._depth > 0 and newline_at < 2 * self._last_parse_size:
             return None
-        self._last_parse_size = max(len(self._buffer), 1)
+        self._last_parse_size = max(newline_at, 1)
         text = bytes(self._buffer[:newline_at])
+        if self._depth == 0 and not _strip_bom(text).strip():
+            # Only a BOM so far: a blank line after it must not end the request as
+            # "empty". Starting afresh keeps this check to once per request.
+            self._started = False
+            return None
         if self._depth > 0:
             # Cannot be complete yet: parse only to catch what can never become valid.
             _raise_unless_incomplete(text)

@@ -19,7 +19,7 @@ import threading
 import time
 
 from . import executor
-from .auth import authorize
+from .auth import authenticate, authorize
 from .protocol import (COMMAND_FAILED, COMMAND_TIMED_OUT, INTERNAL_ERROR, OK,
                        REQUEST_TIMEOUT, SERVER_BUSY, RelayError, RequestReader,
                        command_reply, encode_reply, error_reply)
@@ -310,8 +310,10 @@ class RelayServer(object):
         outcome = None
         try:
             try:
+                # Known before authorize() may refuse, so the audit line of a 1002, 2003
+                # or 2004 still says which key asked.
+                grant = authenticate(self.config, request.auth_key)
                 decision = authorize(self.config, request)
-                grant = decision.grant
                 argv = executor.build_argv(decision.command, request.arguments,
                                            self.options.shell_exec)
                 outcome = executor.run(argv, self.options.timeout or None,

@@ -1,0 +1,603 @@
+"""End-to-end tests of the real server process over raw sockets on 127.0.0.1.
+
+Every reply code a client can cause is triggered over the wire (9999 needs a fault
+injected into the server, so test_faults covers it). Each behaviour runs against the
+built dist/uscmdrelay.pyz; the `Source*` classes repeat a representative part against
+the source tree.
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+import unittest
+
+from tests import support
+from tests.support import KEY, OTHER_KEY, exchange, make_config_dir, start_server
+
+ALL_KEY = "all-key-0123456789abcdef"
+WRONG_KEY = "wrong-key-fedcba9876543210"
+
+AUTH = support.DEFAULT_AUTH + """
+[{all}]
+description = all clusters
+auth_clusters = *
+""".format(all=ALL_KEY)
+
+# {dir} is the config dir; commands that start a background child write its PID there.
+RELAYS = """\
+[default]
+true = /bin/true
+echo = /bin/echo
+printf = printf '%s|'
+pipe = echo hi | tr a-z A-Z
+fail = sh -c "echo out; echo oops >&2; echo >&2; exit 3"
+failout = sh -c "printf 'only stdout\\n\\n'; exit 4"
+missing = /nonexistent/program
+sleep = /bin/sleep
+big = seq 1 100000
+bigerr = sh -c "seq 1 100000 >&2"
+bg = sh -c "sleep 30 & echo $! > {dir}/bg.pid; echo done"
+slow = sh -c "sleep 30 & echo $! > {dir}/slow.pid; echo started; sleep 30"
+
+[ops]
+uptime = uptime
+
+[unused]
+true = /bin/true
+"""
+
+# No command missing from PATH: a server using it logs no warning at start-up.
+QUIET_RELAYS = """\
+[default]
+true = /bin/true
+
+[ops]
+true = /bin/true
+"""
+
+RAN_FIELDS = {"status", "message", "code", "exit_code", "stdout", "stderr", "duration_ms",
+              "truncated"}
+NOT_RAN_FIELDS = {"status", "message", "code"}
+
+# Arguments that a shell would interpret; they must reach argv as they are.
+LITERAL_ARGUMENTS = [";", "$(id)", "`id`", "'single'", '"double"', "a b  c", "*", "\\",
+                     "&& echo INJECTED", "|", "$HOME", "\u00fcn\u00efc\u00f6de", ""]
+
+AUDIT_LINE = re.compile(r'client=127\.0\.0\.1:\d+ key=("[^"]*"|-) command=(\S+) '
+                        r"arguments=(.*?) code=(\d+) exit=(\S+) duration_ms=(\S+)$", re.M)
+
+
+def body(auth_key=KEY, command="true", arguments=None, newline=True):
+    """The bytes of one request object."""
+    fields = {"auth_key": auth_key, "command": command}
+    if arguments is not None:
+        fields["arguments"] = arguments
+    return (json.dumps(fields) + ("\n" if newline else "")).encode("utf-8")
+
+
+def relay_config(test, relays=RELAYS, auth=AUTH):
+    """A config dir for `test` with this module's keys and commands."""
+    directory = make_config_dir(test, auth=auth, relays=None)
+    return support.write_config(directory, auth=None, relays=relays.format(dir=directory))
+
+
+def kill_pid_in(path):
+    """Kills the process whose PID a test command wrote to `path`, if any."""
+    try:
+        with open(path) as handle:
+            pid = int(handle.read().strip())
+    except (OSError, ValueError):
+        return
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def alive(pid):
+    """True while `pid` is a running (not zombie) process."""
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            state = handle.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        if os.path.isdir("/proc/self"):
+            return False
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
+    return state not in ("Z", "X")
+
+
+def stop_process(process):
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def run_to_exit(test, args, program="pyz", timeout=20.0):
+    """Runs uscmdrelay expecting it to exit; returns (status, stdout, stderr)."""
+    process = subprocess.Popen(support.command(program) + list(args),
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, universal_newlines=True,
+                               env=support.environment(program))
+    test.addCleanup(stop_process, process)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop_process(process)
+        test.fail("uscmdrelay %s did not exit within %g s" % (" ".join(args), timeout))
+    return process.returncode, out, err
+
+
+class _ServerTestCase(unittest.TestCase):
+    PROGRAM = "pyz"
+
+    def start(self, *args, **kwargs):
+        """Starts a server with this module's config (or `config_dir`)."""
+        config_dir = kwargs.pop("config_dir", None) or relay_config(self)
+        self.config_dir = config_dir
+        self.server = start_server(self, config_dir, args=args, program=self.PROGRAM)
+        return self.server
+
+    def raw(self, payload, **kwargs):
+        """Sends raw bytes; checks the reply is one line, then the close; returns it."""
+        data = exchange(self.server.port, payload, **kwargs)
+        for secret in (KEY, OTHER_KEY, ALL_KEY, WRONG_KEY):
+            self.assertNotIn(secret.encode("utf-8"), data)
+        text = data.decode("utf-8")
+        self.assertTrue(text.endswith("\n"), "reply does not end in a newline: %r" % text)
+        self.assertEqual(text.count("\n"), 1, "reply is not one line: %r" % text)
+        reply = json.loads(text)
+        self.assertIsInstance(reply, dict)
+        return reply
+
+    def call(self, command="true", arguments=None, auth_key=KEY, **kwargs):
+        return self.raw(body(auth_key, command, arguments), **kwargs)
+
+    def assertRan(self, reply, code, exit_code=None):
+        self.assertEqual(set(reply), RAN_FIELDS, reply)
+        self.assertEqual(reply["code"], code, reply)
+        self.assertEqual(reply["status"], "success" if code == 0 else "error")
+        if exit_code is not None:
+            self.assertEqual(reply["exit_code"], exit_code, reply)
+        self.assertIsInstance(reply["duration_ms"], (int, float))
+        self.assertIsInstance(reply["truncated"], bool)
+
+    def assertNotRan(self, reply, code):
+        self.assertEqual(reply, {"status": "error", "code": code,
+                                 "message": reply.get("message")}, reply)
+        self.assertIsInstance(reply["message"], str)
+        self.assertTrue(reply["message"])
+
+
+class _WireBehaviour(object):
+    """Run against both the .pyz and the source tree."""
+
+    # -- every code --------------------------------------------------------------------
+
+    def test_success_replies_code_0_with_every_field(self):
+        self.start()
+        reply = self.call("echo", ["hello", "world"])
+        self.assertRan(reply, 0, exit_code=0)
+        self.assertEqual(reply["message"], "hello world")
+        self.assertEqual(reply["stdout"], "hello world\n")
+        self.assertEqual(reply["stderr"], "")
+        self.assertIs(reply["truncated"], False)
+
+    def test_cluster_prefixed_command_runs(self):
+        self.start()
+        self.assertRan(self.call("default::true"), 0, exit_code=0)
+        self.assertRan(self.call("ops::uptime", auth_key=OTHER_KEY), 0, exit_code=0)
+
+    def test_unknown_key_gets_1001(self):
+        self.start()
+        self.assertNotRan(self.call("true", auth_key=WRONG_KEY), 1001)
+        # The key is case-sensitive.
+        self.assertNotRan(self.call("true", auth_key=KEY.upper()), 1001)
+
+    def test_key_not_granted_the_cluster_gets_1002_whether_or_not_it_exists(self):
+        self.start()
+        self.assertNotRan(self.call("true", auth_key=OTHER_KEY), 1002)
+        self.assertNotRan(self.call("unused::true"), 1002)
+        self.assertNotRan(self.call("ghost::true"), 1002)
+        self.assertNotRan(self.call("ghost::true", auth_key=WRONG_KEY), 1001)
+
+    def test_bad_json_gets_2001(self):
+        self.start()
+        for payload in (b"not json\n", b"[1, 2]\n", b'"a string"\n', b"\xff\xfe{}\n",
+                        b'{"auth_key": "x",}\n', b"\n\n", b"", b"{\"a\": NaN}\n"):
+            with self.subTest(payload=payload):
+                self.assertNotRan(self.raw(payload), 2001)
+
+    def test_invalid_fields_get_2002_naming_the_field(self):
+        self.start()
+        cases = [
+            ({"command": "true"}, "auth_key"),
+            ({"auth_key": KEY}, "command"),
+            ({"auth_key": KEY, "command": ""}, "command"),
+            ({"auth_key": KEY, "command": "true", "arguments": "x"}, "arguments"),
+            ({"auth_key": KEY, "command": "true", "arguments": [1]}, "arguments"),
+            ({"auth_key": KEY, "command": "true", "arguments": ["a\u0000b"]}, "arguments"),
+            ({"auth_key": KEY, "command": "true", "extra": 1}, "extra"),
+            ({"auth_key": 5, "command": "true"}, "auth_key"),
+        ]
+        for fields, name in cases:
+            with self.subTest(fields=fields):
+                reply = self.raw((json.dumps(fields) + "\n").encode("utf-8"))
+                self.assertNotRan(reply, 2002)
+                self.assertIn(name, reply["message"])
+        twice = ('{"auth_key": "%s", "command": "fail", "command": "true"}\n' % KEY).encode()
+        reply = self.raw(twice)
+        self.assertNotRan(reply, 2002)
+        self.assertIn("command", reply["message"])
+
+    def test_unknown_cluster_gets_2003(self):
+        self.start()
+        self.assertNotRan(self.call("ghost::true", auth_key=ALL_KEY), 2003)
+
+    def test_unknown_command_gets_2004(self):
+        self.start()
+        self.assertNotRan(self.call("nosuch"), 2004)
+        self.assertNotRan(self.call("ops::true"), 2004)
+
+    def test_request_larger_than_max_request_gets_2005(self):
+        self.start("--max-request", "300")
+        self.assertRan(self.call("echo", ["x" * 100]), 0)
+        self.assertNotRan(self.call("echo", ["x" * 1000]), 2005)
+        # A client still sending a large body gets the reply too.
+        self.assertNotRan(self.call("echo", ["x" * 300000]), 2005)
+
+    def test_silent_client_gets_2006_after_request_timeout(self):
+        self.start("--request-timeout", "1")
+        started = time.monotonic()
+        reply = self.raw(b"", half_close=False, timeout=15)
+        elapsed = time.monotonic() - started
+        self.assertNotRan(reply, 2006)
+        self.assertGreater(elapsed, 0.5)
+        self.assertLess(elapsed, 8.0)
+
+    def test_client_stalling_mid_request_gets_2006(self):
+        self.start("--request-timeout", "1")
+        started = time.monotonic()
+        reply = self.raw(body()[:20], half_close=False, timeout=15)
+        elapsed = time.monotonic() - started
+        self.assertNotRan(reply, 2006)
+        self.assertGreater(elapsed, 0.5)
+        self.assertLess(elapsed, 8.0)
+        # A pretty-printed request cut off after a newline waits too, then times out.
+        reply = self.raw(b'{\n  "auth_key": "x",\n', half_close=False, timeout=15)
+        self.assertNotRan(reply, 2006)
+
+    def test_failing_command_gets_3001_with_stderr_as_message(self):
+        self.start()
+        reply = self.call("fail")
+        self.assertRan(reply, 3001, exit_code=3)
+        self.assertEqual(reply["message"], "oops")
+        self.assertEqual(reply["stdout"], "out\n")
+        self.assertEqual(reply["stderr"], "oops\n\n")
+
+    def test_failing_command_without_stderr_gets_stdout_as_message(self):
+        self.start()
+        reply = self.call("failout")
+        self.assertRan(reply, 3001, exit_code=4)
+        self.assertEqual(reply["message"], "only stdout")
+        self.assertEqual(reply["stdout"], "only stdout\n\n")
+        self.assertEqual(reply["stderr"], "")
+
+    def test_missing_program_gets_3002_without_run_fields(self):
+        self.start()
+        reply = self.call("missing")
+        self.assertNotRan(reply, 3002)
+        self.assertIn("/nonexistent/program", reply["message"])
+
+    def test_timeout_gets_3003_with_output_so_far_and_kills_the_grandchild(self):
+        self.start("--timeout", "1")
+        self.addCleanup(kill_pid_in, os.path.join(self.config_dir, "slow.pid"))
+        started = time.monotonic()
+        reply = self.call("slow")
+        self.assertLess(time.monotonic() - started, 10.0)
+        self.assertRan(reply, 3003)
+        self.assertLess(reply["exit_code"], 0)
+        self.assertEqual(reply["stdout"], "started\n")
+        self.assertIn("timed out", reply["message"])
+        with open(os.path.join(self.config_dir, "slow.pid")) as handle:
+            grandchild = int(handle.read())
+        deadline = time.monotonic() + 5.0
+        while alive(grandchild) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertFalse(alive(grandchild), "the timed-out command's child still runs")
+
+    def test_connections_beyond_max_connections_get_3004_at_once(self):
+        self.start("--max-connections", "2", "--request-timeout", "30")
+        idle = []
+        for _ in range(2):
+            sock = socket.create_connection((self.server.host, self.server.port), timeout=10)
+            self.addCleanup(sock.close)
+            idle.append(sock)
+        idle[1].sendall(b'{"auth_key": ')
+        started = time.monotonic()
+        reply = self.raw(b"", half_close=False, timeout=15)
+        self.assertLess(time.monotonic() - started, 5.0)
+        self.assertNotRan(reply, 3004)
+        # Once the idle clients go, their places are free again.
+        for sock in idle:
+            sock.close()
+        deadline = time.monotonic() + 5.0
+        while True:
+            reply = self.call("true")
+            if reply["code"] != 3004 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        self.assertRan(reply, 0)
+
+    # -- framing -----------------------------------------------------------------------
+
+    def test_not_json_gets_2001_at_the_newline_not_after_the_timeout(self):
+        self.start("--request-timeout", "30")
+        for payload in (b"not json\n", b'{"auth_key": nope\n', b'{"auth_key":\n"a\n'):
+            with self.subTest(payload=payload):
+                started = time.monotonic()
+                reply = self.raw(payload, half_close=False, timeout=15)
+                self.assertLess(time.monotonic() - started, 5.0)
+                self.assertNotRan(reply, 2001)
+
+    def test_request_without_newline_ends_at_half_close(self):
+        self.start()
+        reply = self.raw(body(command="echo", arguments=["half"], newline=False))
+        self.assertRan(reply, 0)
+        self.assertEqual(reply["message"], "half")
+
+    def test_request_ending_at_newline_is_answered_while_client_keeps_sending_side_open(self):
+        self.start("--request-timeout", "30")
+        started = time.monotonic()
+        reply = self.raw(body(command="echo", arguments=["open"]), half_close=False,
+                         timeout=15)
+        self.assertLess(time.monotonic() - started, 5.0)
+        self.assertRan(reply, 0)
+        self.assertEqual(reply["message"], "open")
+
+    def test_pretty_printed_multi_line_request_works(self):
+        self.start("--request-timeout", "30")
+        pretty = json.dumps({"auth_key": KEY, "command": "echo",
+                             "arguments": ["multi", "line"]}, indent=2)
+        self.assertGreater(pretty.count("\n"), 3)
+        for half_close in (False, True):
+            with self.subTest(half_close=half_close):
+                started = time.monotonic()
+                reply = self.raw((pretty + "\n").encode(), half_close=half_close, timeout=15)
+                self.assertLess(time.monotonic() - started, 5.0)
+                self.assertRan(reply, 0)
+                self.assertEqual(reply["message"], "multi line")
+
+    def test_bom_and_surrounding_whitespace_are_ignored(self):
+        self.start()
+        reply = self.raw(b"\xef\xbb\xbf \r\n" + body(command="echo", arguments=["bom"]))
+        self.assertRan(reply, 0)
+        self.assertEqual(reply["message"], "bom")
+
+    # -- execution ---------------------------------------------------------------------
+
+    def test_arguments_reach_argv_literally_without_shell_exec(self):
+        self.start()
+        reply = self.call("printf", LITERAL_ARGUMENTS)
+        self.assertRan(reply, 0)
+        self.assertEqual(reply["stdout"], "".join(a + "|" for a in LITERAL_ARGUMENTS))
+        # Without a shell the configured line's `|` is just another argument.
+        self.assertEqual(self.call("pipe")["stdout"], "hi | tr a-z A-Z\n")
+
+    def test_arguments_reach_argv_literally_with_shell_exec(self):
+        self.start("--shell-exec")
+        reply = self.call("printf", LITERAL_ARGUMENTS)
+        self.assertRan(reply, 0)
+        self.assertEqual(reply["stdout"], "".join(a + "|" for a in LITERAL_ARGUMENTS))
+        self.assertNotIn("INJECTED\n", reply["stdout"])
+        # The configured line itself is shell syntax.
+        self.assertEqual(self.call("pipe")["stdout"], "HI\n")
+
+    def test_output_beyond_max_output_is_dropped_and_flagged(self):
+        self.start("--max-output", "1000")
+        expected = "".join("%d\n" % i for i in range(1, 100001))[:1000]
+        reply = self.call("big")
+        self.assertRan(reply, 0, exit_code=0)
+        self.assertIs(reply["truncated"], True)
+        self.assertEqual(reply["stdout"], expected)
+        reply = self.call("bigerr")
+        self.assertRan(reply, 0, exit_code=0)
+        self.assertIs(reply["truncated"], True)
+        self.assertEqual(reply["stderr"], expected)
+        self.assertIs(self.call("echo", ["short"])["truncated"], False)
+
+    def test_background_child_holding_stdout_does_not_delay_the_reply(self):
+        self.start()
+        self.addCleanup(kill_pid_in, os.path.join(self.config_dir, "bg.pid"))
+        started = time.monotonic()
+        reply = self.call("bg", timeout=25)
+        self.assertLess(time.monotonic() - started, 5.0)
+        self.assertRan(reply, 0, exit_code=0)
+        self.assertEqual(reply["message"], "done")
+
+    # -- logging and signals ------------------------------------------------------------
+
+    def test_auth_key_never_appears_in_log_or_reply(self):
+        self.start("--log-level", "DEBUG")
+        self.assertRan(self.call("echo", ["first"]), 0)                   # good key
+        self.assertNotRan(self.call("echo", auth_key=WRONG_KEY), 1001)    # wrong key
+        self.assertNotRan(self.call("true", auth_key=OTHER_KEY), 1002)
+        self.assertNotRan(self.call("ghost::true", auth_key=ALL_KEY), 2003)
+        self.assertNotRan(self.raw(                                       # bad request
+            ('{"auth_key": "%s", "command": "true", "x": 1}\n' % KEY).encode()), 2002)
+        self.assertNotRan(self.raw(('{"auth_key": "%s", oops\n' % KEY).encode()), 2001)
+        self.assertNotRan(self.raw(('{"auth_key": "%s", "command": "x"' % WRONG_KEY)
+                                   .encode()), 2001)
+        self.server.stop()
+        log_text = self.server.log_text()
+        for secret in (KEY, OTHER_KEY, WRONG_KEY):
+            self.assertNotIn(secret, log_text)
+        audits = AUDIT_LINE.findall(log_text)
+        self.assertEqual(len(audits), 7, log_text)
+        self.assertEqual(audits[0][:5], ('"test client"', '"default::echo"', '["first"]',
+                                         "0", "0"))
+        self.assertEqual(audits[1][:5], ("-", '"default::echo"', "[]", "1001", "-"))
+        # A known key that is refused is still named by its description.
+        self.assertEqual(audits[2][:4], ('"other client"', '"default::true"', "[]", "1002"))
+        self.assertEqual(audits[3][:4], ('"all clusters"', '"ghost::true"', "[]", "2003"))
+        self.assertEqual([audit[3] for audit in audits],
+                         ["0", "1001", "1002", "2003", "2002", "2001", "2001"])
+
+    def test_sigterm_and_sigint_make_the_server_exit_0(self):
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with self.subTest(signal=signum):
+                server = self.start()
+                self.assertRan(self.call("true"), 0)
+                self.assertEqual(server.stop(signum), 0)
+                self.assertNotIn("Traceback", server.log_text())
+
+    def test_bad_config_exits_2_with_one_line_and_no_traceback(self):
+        config_dir = relay_config(self, relays=QUIET_RELAYS)
+        os.chmod(os.path.join(config_dir, "auth.conf"), 0o644)
+        status, out, err = run_to_exit(self, ["--config-dir", config_dir, "--host",
+                                              "127.0.0.1", "--port", "0"], self.PROGRAM)
+        self.assertEqual(status, 2, err)
+        self.assertNotIn("Traceback", err)
+        self.assertEqual(err.count("\n"), 1, err)
+        self.assertTrue(err.startswith("Config error: %s"
+                                       % os.path.join(config_dir, "auth.conf")), err)
+        self.assertIn("644", err)
+        self.assertIn("chmod 600", err)
+
+    def test_port_in_use_exits_1_with_one_line_and_no_traceback(self):
+        config_dir = relay_config(self, relays=QUIET_RELAYS)
+        holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(holder.close)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        status, out, err = run_to_exit(self, ["--config-dir", config_dir, "--host",
+                                              "127.0.0.1", "--port", str(port)],
+                                       self.PROGRAM)
+        self.assertEqual(status, 1, err)
+        self.assertNotIn("Traceback", err)
+        self.assertEqual(err.count("\n"), 1, err)
+        self.assertIn(str(port), err)
+
+
+class WireTests(_WireBehaviour, _ServerTestCase):
+    PROGRAM = "pyz"
+
+
+class SourceWireTests(_WireBehaviour, _ServerTestCase):
+    PROGRAM = "src"
+
+
+class ConcurrencyTests(_ServerTestCase):
+    """Slower behaviours, run against the .pyz only."""
+
+    def test_slow_command_does_not_delay_another_client(self):
+        self.start()
+        result = {}
+
+        def slow():
+            try:
+                result["reply"] = self.call("sleep", ["5"], timeout=25)
+            except Exception as error:  # reported by the main thread
+                result["error"] = error
+
+        thread = threading.Thread(target=slow)
+        thread.start()
+        self.addCleanup(thread.join, 30)
+        time.sleep(0.5)
+        started = time.monotonic()
+        reply = self.call("true", timeout=15)
+        self.assertLess(time.monotonic() - started, 2.5)
+        self.assertRan(reply, 0)
+        self.assertTrue(thread.is_alive(), "the slow request should still be running")
+        thread.join(25)
+        self.assertNotIn("error", result)
+        self.assertRan(result["reply"], 0, exit_code=0)
+        self.assertGreater(result["reply"]["duration_ms"], 4500)
+
+    def test_500_idle_connections_do_not_stop_a_new_client(self):
+        self.start("--max-connections", "600", "--request-timeout", "30")
+        idle = []
+        try:
+            for index in range(500):
+                sock = socket.create_connection((self.server.host, self.server.port),
+                                                timeout=10)
+                idle.append(sock)
+                if index % 2:
+                    sock.sendall(b'{"auth_key": "')
+            started = time.monotonic()
+            reply = self.call("echo", ["served"], timeout=15)
+            self.assertLess(time.monotonic() - started, 5.0)
+            self.assertRan(reply, 0)
+            self.assertEqual(reply["message"], "served")
+        finally:
+            for sock in idle:
+                sock.close()
+
+
+class LogFileTests(_ServerTestCase):
+
+    def start_logging_to(self, log_file):
+        """Starts a server with --log `log_file`; returns (process, port, stderr path)."""
+        config_dir = relay_config(self)
+        stderr_path = os.path.join(config_dir, "stderr.txt")
+        stderr = open(stderr_path, "wb")
+        self.addCleanup(stderr.close)
+        argv = support.command(self.PROGRAM) + [
+            "--config-dir", config_dir, "--host", "127.0.0.1", "--port", "0",
+            "--log", log_file]
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stderr,
+                                   stderr=stderr, env=support.environment(self.PROGRAM))
+        self.addCleanup(stop_process, process)
+        deadline = time.monotonic() + support.START_TIMEOUT
+        while time.monotonic() < deadline:
+            match = support.LISTENING.search(read_text(log_file))
+            if match:
+                return process, int(match.group(2)), stderr_path
+            self.assertIsNone(process.poll(), read_text(stderr_path))
+            time.sleep(0.02)
+        self.fail("server did not start: %s" % read_text(stderr_path))
+
+    def test_log_file_gets_the_logs_and_is_reopened_after_logrotate_moves_it(self):
+        directory = make_config_dir(self, auth=None, relays=None)
+        log_file = os.path.join(directory, "relay.log")
+        process, port, stderr_path = self.start_logging_to(log_file)
+        self.assertEqual(support.request(port, command="echo",
+                                         arguments=["before-rotate"])["code"], 0)
+        self.assertIn("before-rotate", read_text(log_file))
+        os.rename(log_file, log_file + ".1")
+        self.assertEqual(support.request(port, command="echo",
+                                         arguments=["after-rotate"])["code"], 0)
+        deadline = time.monotonic() + 5.0
+        while "after-rotate" not in read_text(log_file) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertIn("after-rotate", read_text(log_file))
+        self.assertNotIn("before-rotate", read_text(log_file))
+        self.assertNotIn("after-rotate", read_text(log_file + ".1"))
+        process.terminate()
+        self.assertEqual(process.wait(20), 0)
+        self.assertEqual(read_text(stderr_path), "")
+
+
+def read_text(path):
+    try:
+        with open(path, "rb") as handle:
+            return handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+if __name__ == "__main__":
+    unittest.main()
