@@ -26,10 +26,17 @@ def relays(text):
                 for cluster, commands in clusters.items())
 
 
+class _GrantsByKey(dict):
+    """parse_auth's {digest: KeyGrant}, looked up by the key itself."""
+
+    def __getitem__(self, key):
+        return dict.__getitem__(self, config.key_digest(key))
+
+
 def auth(text, warnings=None):
     """Parses auth.conf text as load_config does; returns {key: KeyGrant}."""
     parser = config.read_ini(io.StringIO(text), AUTH, secret=True)
-    return config.parse_auth(parser, AUTH, [] if warnings is None else warnings)
+    return _GrantsByKey(config.parse_auth(parser, AUTH, [] if warnings is None else warnings))
 
 
 class RelaysConfTest(unittest.TestCase):
@@ -68,9 +75,40 @@ class RelaysConfTest(unittest.TestCase):
         ("'::' in a command name", "[a]\nx::y = z\n",
          RELAYS + ": [a] x::y: '::' is not allowed in a command name (it separates "
          "cluster and command)"),
-        ("'.' in a command name", "[a]\nx.timeout = 5\n",
-         RELAYS + ": [a] x.timeout: '.' is not allowed in a command name (it is reserved "
-         "for per-command settings)"),
+        ("'.' in a command name", "[a]\nx.y = true\n",
+         RELAYS + ": [a] x.y: setting for command 'x', which this section does not define "
+         "(command names may not contain '.')"),
+        ("setting for an undefined command", "[a]\nx = true\ny.timeout = 5\n",
+         RELAYS + ": [a] y.timeout: setting for command 'y', which this section does not "
+         "define (command names may not contain '.')"),
+        ("setting for a command of another section", "[a]\nx = true\n[b]\nx.timeout = 5\n",
+         RELAYS + ": [b] x.timeout: setting for command 'x', which this section does not "
+         "define (command names may not contain '.')"),
+        ("unknown setting", "[a]\nx = true\nx.timeuot = 5\n",
+         RELAYS + ": [a] x.timeuot: unknown setting 'timeuot' (expected one of: description, "
+         "timeout, min_args, max_args, arg_pattern, arg_choices, max_running, shell, cwd)"),
+        ("bad timeout", "[a]\nx = true\nx.timeout = soon\n",
+         RELAYS + ": [a] x.timeout: 'soon' is not a number of seconds (0 for no limit)"),
+        ("negative timeout", "[a]\nx = true\nx.timeout = -1\n",
+         RELAYS + ": [a] x.timeout: '-1' is not a number of seconds (0 for no limit)"),
+        ("bad min_args", "[a]\nx = true\nx.min_args = one\n",
+         RELAYS + ": [a] x.min_args: 'one' is not a whole number"),
+        ("negative max_args", "[a]\nx = true\nx.max_args = -1\n",
+         RELAYS + ": [a] x.max_args: '-1' is less than 0"),
+        ("min_args > max_args", "[a]\nx = true\nx.min_args = 2\nx.max_args = 1\n",
+         RELAYS + ": [a] x: min_args (2) is greater than max_args (1)"),
+        ("invalid arg_pattern", "[a]\nx = true\nx.arg_pattern = [a-\n",
+         RELAYS + ": [a] x.arg_pattern: '[a-' is not a valid regular expression: "
+         "unterminated character set at position 0"),
+        ("empty arg_choices", "[a]\nx = true\nx.arg_choices =\n",
+         RELAYS + ": [a] x.arg_choices: no words given; list the allowed arguments "
+         "separated by spaces"),
+        ("max_running 0", "[a]\nx = true\nx.max_running = 0\n",
+         RELAYS + ": [a] x.max_running: '0' is less than 1"),
+        ("bad shell", "[a]\nx = true\nx.shell = maybe\n",
+         RELAYS + ": [a] x.shell: 'maybe' is not yes or no"),
+        ("relative cwd", "[a]\nx = true\nx.cwd = tmp\n",
+         RELAYS + ": [a] x.cwd: 'tmp' is not an absolute path"),
         ("cluster name with surrounding spaces", "[ a ]\nx = y\n",
          RELAYS + ": [ a ]: a cluster name may not be empty or start or end with white "
          "space"),
@@ -143,11 +181,12 @@ class AuthConfTest(unittest.TestCase):
 
     ERRORS = [
         ("unknown option", "[%s]\nauth_clusters = a\nclusters = b\n" % KEY,
-         AUTH + ": [%s] clusters: unknown option (expected auth_clusters or description)"
+         AUTH + ": [%s] clusters: unknown option (expected one of: auth_clusters, description, "
+         "allowed_hosts)"
          % HIDDEN),
         ("option names are case-sensitive", "[%s]\nAuth_Clusters = a\n" % KEY,
-         AUTH + ": [%s] Auth_Clusters: unknown option (expected auth_clusters or "
-         "description)" % HIDDEN),
+         AUTH + ": [%s] Auth_Clusters: unknown option (expected one of: auth_clusters, "
+         "description, allowed_hosts)" % HIDDEN),
         ("missing auth_clusters", "[%s]\ndescription = ci\n" % KEY,
          AUTH + ": [%s] auth_clusters: missing; list the clusters this key may use, or "
          "'*' for all" % HIDDEN),
@@ -203,7 +242,7 @@ class AuthConfTest(unittest.TestCase):
         other = KEY.upper()
         keys = auth("[%s]\ndescription = ci runner\nauth_clusters = default, ops\n\n"
                     "[%s]\nauth_clusters = *\n" % (KEY, other))
-        self.assertEqual(sorted(keys), sorted([KEY, other]))
+        self.assertEqual(sorted(keys), sorted([config.key_digest(KEY), config.key_digest(other)]))
         self.assertEqual(keys[KEY].label, "ci runner")
         self.assertEqual(keys[KEY].clusters, frozenset(["default", "ops"]))
         self.assertTrue(keys[KEY].allows("ops"))

@@ -446,8 +446,9 @@ class EncodeReplyTest(unittest.TestCase):
         self.assertEqual(line.count(b"\n"), 1)
 
     def test_every_code_has_a_message(self):
-        self.assertEqual(sorted(protocol.CODES), [0, 1001, 1002, 2001, 2002, 2003, 2004,
-                                                  2005, 2006, 3001, 3002, 3003, 3004, 9999])
+        self.assertEqual(sorted(protocol.CODES), [0, 1001, 1002, 1003, 2001, 2002, 2003, 2004,
+                                                  2005, 2006, 2007, 3001, 3002, 3003, 3004,
+                                                  3005, 9999])
         for code in protocol.CODES:
             with self.subTest(code=code):
                 error = protocol.RelayError(code)

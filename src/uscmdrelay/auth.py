@@ -5,8 +5,8 @@ raises the `RelayError` to answer with. It never runs anything and never logs th
 """
 
 from .config import key_digest
-from .protocol import (AUTH_FAILED, CLUSTER_NOT_ALLOWED, UNKNOWN_CLUSTER, UNKNOWN_COMMAND,
-                       RelayError)
+from .protocol import (ADDRESS_NOT_ALLOWED, AUTH_FAILED, CLUSTER_NOT_ALLOWED,
+                       UNKNOWN_CLUSTER, UNKNOWN_COMMAND, RelayError)
 
 
 class Decision(object):
@@ -19,26 +19,33 @@ class Decision(object):
         self.command = command
 
 
-def authenticate(config, auth_key):
-    """Returns the KeyGrant for `auth_key`, or raises RelayError(1001).
+def authenticate(config, auth_key, client_address=None):
+    """Returns the KeyGrant for `auth_key`, or raises RelayError(1001); then 1003 if the
+    key has `allowed_hosts` and `client_address` (text) is not among them.
 
-    Keys are looked up by their sha256 digest, so the time taken depends on the digest,
-    not on how many leading characters of a secret a guess got right.
+    Keys are looked up by their sha256 digest, plain and hashed keys alike: the time
+    taken depends on the digest, not on how many leading characters of a secret a guess
+    got right (no string comparison ever runs on the secret itself).
     """
     grant = config.keys.get(key_digest(auth_key))
     if grant is None:
         raise RelayError(AUTH_FAILED, "authentication failed")
+    if client_address is not None and not grant.allows_address(client_address):
+        raise RelayError(ADDRESS_NOT_ALLOWED)
     return grant
 
 
-def authorize(config, request):
+def authorize(config, request, grant=None):
     """Returns the `Decision` for a request, or raises the RelayError to answer with.
 
-    The order is fixed: key, then cluster grant, then cluster, then command. A key that is
+    The order is fixed: key, then cluster grant, then cluster, then command, then the
+    command's argument policy (2007). A key that is
     not granted a cluster gets 1002 whether or not the cluster exists, so a key cannot
-    probe which clusters are configured.
+    probe which clusters are configured. `grant`, when the caller already authenticated
+    the key (to log who asked even if refused), skips the first step.
     """
-    grant = authenticate(config, request.auth_key)
+    if grant is None:
+        grant = authenticate(config, request.auth_key)
     if not grant.allows(request.cluster):
         raise RelayError(CLUSTER_NOT_ALLOWED,
                          "this key may not use cluster %r" % request.cluster)
@@ -49,4 +56,12 @@ def authorize(config, request):
     if command is None:
         raise RelayError(UNKNOWN_COMMAND, "unknown command %r in cluster %r"
                          % (request.name, request.cluster))
+    command.policy.check(request.arguments)
     return Decision(grant, command)
+
+
+def visible_commands(config, grant):
+    """Returns the Commands `grant` may run, sorted by cluster and name (for `::list`)."""
+    return [config.clusters[cluster][name]
+            for cluster in sorted(config.clusters) if grant.allows(cluster)
+            for name in sorted(config.clusters[cluster])]

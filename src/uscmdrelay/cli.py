@@ -1,4 +1,5 @@
-"""The command line: `uscmdrelay [options]` serves, `uscmdrelay configtest` checks.
+"""The command line: `uscmdrelay [options]` serves; `configtest`, `init`, `call` and
+`hash-key` are subcommands.
 
 `main(argv)` returns the exit status: 0 done, 1 a start-up failure (port in use, bad
 host, unwritable log), 2 a configuration or usage error. Expected failures are one line
@@ -13,9 +14,9 @@ import signal
 import sys
 
 from . import __version__
-from .config import ConfigError, find_config_dir, load_config
-from .init_config import InitError, default_config_dir, write_config
-from .server import Options, RelayServer, StartupError
+
+# Each subcommand imports what it needs when it runs: `--version`, `call` and `init` do
+# not pay for the server's modules (start-up time matters for a client run by cron).
 
 log = logging.getLogger("uscmdrelay")
 
@@ -41,8 +42,10 @@ def _number(convert, minimum, maximum=None, what="a number"):
 
 
 def build_parser():
+    # allow_abbrev=False: `call --tls` must reach the subcommand, not be taken for an
+    # abbreviation of the server's --tls-cert.
     parser = argparse.ArgumentParser(
-        prog="uscmdrelay",
+        prog="uscmdrelay", allow_abbrev=False,
         description="Run pre-configured commands for trusted clients over TCP.")
     parser.add_argument("--host", default="0.0.0.0",
                         help="address to listen on (default: 0.0.0.0)")
@@ -77,22 +80,44 @@ def build_parser():
                         "integer"), default=256,
                         help="client connections open at once; more get code 3004 "
                              "(default: 256)")
+    parser.add_argument("--tls-cert", metavar="FILE",
+                        help="serve TLS only, with this certificate (PEM; may hold the key)")
+    parser.add_argument("--tls-key", metavar="FILE", help="the certificate's private key")
+    parser.add_argument("--tls-client-ca", metavar="FILE",
+                        help="require a client certificate signed by this CA (mutual TLS)")
     parser.add_argument("--shutdown-timeout", metavar="S", type=_number(float, 0),
                         default=30.0,
                         help="on SIGTERM, seconds requests in flight get to finish before "
                              "their commands are killed (default: 30)")
     commands = parser.add_subparsers(dest="subcommand", title="commands",
-                                     metavar="{configtest,init}")
+                                     metavar="{configtest,init,call,hash-key}")
     configtest = commands.add_parser(
         "configtest", help="check the configuration and exit",
         description="Check auth.conf and relays.conf; exit 0 when valid, 2 when not.")
     _add_config_dir(configtest)
+    configtest.add_argument("--list", action="store_true",
+                            help="also print every command with its effective settings")
     init = commands.add_parser(
         "init", help="write a first configuration with a new random key",
         description="Create the config directory (0700), an auth.conf (0600) with one new "
                     "random key granted the default cluster, and a relays.conf with a few "
                     "harmless commands. Existing files are never overwritten.")
-    _add_config_dir(init, "(default: %s)" % default_config_dir())
+    _add_config_dir(init, "(default: /etc/uscmdrelay as root, else ~/.config/uscmdrelay)")
+    init.add_argument("--hashed", action="store_true",
+                      help="store only the key's sha256 hash in auth.conf")
+    call = commands.add_parser(
+        "call", help="run a command on a uscmdrelay server, like ssh host cmd",
+        description="Run COMMAND on a uscmdrelay server and print its output. The key "
+                    "comes from $USCMDRELAY_AUTH_KEY or --key-file. Exit status: the "
+                    "command's (128+N if killed by signal N), or 255 for a relay error.")
+    from .client import add_arguments
+    add_arguments(call)
+    hash_key = commands.add_parser(
+        "hash-key", help="print the auth.conf section header of a hashed key",
+        description="Read a key from stdin (or generate one) and print the [sha256:...] "
+                    "section header that stands for it in auth.conf.")
+    hash_key.add_argument("--generate", action="store_true",
+                          help="generate a new random key and print it once, on stderr")
     return parser
 
 
@@ -110,16 +135,23 @@ def main(argv=None):
         return configtest(args)
     if args.subcommand == "init":
         return init(args)
+    if args.subcommand == "call":
+        from .client import run_call
+        return run_call(args)
+    if args.subcommand == "hash-key":
+        return hash_key(args)
     return serve(args)
 
 
 def load(args):
     """Returns the Config for the command line's options; raises ConfigError."""
+    from .config import find_config_dir, load_config
     directory = args.config_dir or find_config_dir()
     return load_config(directory, shell_exec=args.shell_exec)
 
 
 def configtest(args):
+    from .config import ConfigError
     try:
         config = load(args)
     except ConfigError as error:
@@ -131,18 +163,60 @@ def configtest(args):
           % (len(config.keys), len(config.clusters), config.command_count))
     for warning in config.warnings:
         print("warning: %s" % warning)
+    if args.list:
+        print()
+        _print_commands(config, args)
     return EXIT_OK
 
 
+def _print_commands(config, args):
+    """Prints each command with the settings in force, saying which come from flags."""
+    for cluster in sorted(config.clusters):
+        for name, command in sorted(config.clusters[cluster].items()):
+            policy = command.policy
+            print("%s::%s = %s" % (cluster, name, command.line))
+            for label, value in (
+                    ("description", policy.description),
+                    ("timeout", _or_flag(policy.timeout, args.timeout, "--timeout")),
+                    ("min_args", policy.min_args),
+                    ("max_args", policy.max_args),
+                    ("arg_pattern", policy.arg_pattern and policy.arg_pattern.pattern),
+                    ("arg_choices", policy.arg_choices and " ".join(policy.arg_choices)),
+                    ("max_running", policy.max_running),
+                    ("shell", _or_flag(policy.shell, args.shell_exec, "--shell-exec")),
+                    ("cwd", policy.cwd)):
+                if isinstance(value, bool):
+                    value = "yes" if value else "no"
+                elif isinstance(value, float):
+                    value = "%g" % value
+                print("    %-12s %s" % (label, "-" if value is None else value))
+
+
+def _or_flag(value, flag_value, flag):
+    """A setting's value, or the flag's value marked as coming from the flag."""
+    if value is not None:
+        return value
+    if isinstance(flag_value, bool):
+        flag_value = "yes" if flag_value else "no"
+    elif isinstance(flag_value, float):
+        flag_value = "%g" % flag_value
+    return "%s (%s)" % (flag_value, flag)
+
+
 def init(args):
+    from .init_config import InitError, default_config_dir, write_config
     directory = args.config_dir or default_config_dir()
     try:
-        key, auth_path, relays_path = write_config(directory)
+        key, auth_path, relays_path = write_config(directory, hashed=args.hashed)
     except InitError as error:
         print("uscmdrelay: %s" % error, file=sys.stderr)
         return EXIT_STARTUP
     print("Created %s (mode 0600) and %s." % (auth_path, relays_path))
-    print("Your auth key (keep it secret; it is also in %s):" % auth_path)
+    if args.hashed:
+        print("Your auth key (keep it secret; auth.conf holds only its hash, so this is the "
+              "one time it is shown):")
+    else:
+        print("Your auth key (keep it secret; it is also in %s):" % auth_path)
     print("    %s" % key)
     print("Start the server:")
     print("    uscmdrelay --config-dir %s --host 127.0.0.1" % shlex.quote(directory))
@@ -152,7 +226,25 @@ def init(args):
     return EXIT_OK
 
 
+def hash_key(args):
+    from .config import HASHED_KEY_PREFIX, key_digest
+    from .init_config import generate_key
+    if args.generate:
+        key = generate_key()
+        print("New key (shown once; give it to the client): %s" % key, file=sys.stderr)
+    else:
+        key = sys.stdin.readline().rstrip("\r\n")
+        if not key:
+            print("uscmdrelay: no key on stdin (or use --generate)", file=sys.stderr)
+            return EXIT_CONFIG
+    print("[%s%s]" % (HASHED_KEY_PREFIX, key_digest(key).hex()))
+    return EXIT_OK
+
+
 def serve(args):
+    from . import systemd
+    from .config import ConfigError, find_config_dir, load_config
+    from .server import Options, RelayServer, StartupError
     try:
         _setup_logging(args.log, args.log_level)
     except OSError as error:
@@ -160,7 +252,9 @@ def serve(args):
               file=sys.stderr)
         return EXIT_STARTUP
     try:
-        config = load(args)
+        # The directory is settled once: a reload rereads the same files.
+        directory = args.config_dir or find_config_dir()
+        config = load_config(directory, shell_exec=args.shell_exec)
     except ConfigError as error:
         _fail("Config error: %s" % error, args.log)
         return EXIT_CONFIG
@@ -169,23 +263,50 @@ def serve(args):
     options = Options(host=args.host, port=args.port, timeout=args.timeout,
                       max_output=args.max_output, max_request=args.max_request,
                       request_timeout=args.request_timeout,
-                      max_connections=args.max_connections, shell_exec=args.shell_exec)
+                      max_connections=args.max_connections, shell_exec=args.shell_exec,
+                      shutdown_timeout=args.shutdown_timeout)
     try:
-        server = RelayServer(config, options)
+        tls_context = _tls_context(args)
+    except ValueError as error:
+        _fail("Config error: %s" % error, args.log)
+        return EXIT_CONFIG
+    listeners = systemd.listen_sockets()
+    if listeners:
+        log.info("using %d listening socket(s) passed by systemd; --host and --port are "
+                 "ignored", len(listeners))
+    try:
+        server = RelayServer(config, options, listeners=listeners,
+                             loader=lambda: load_config(directory, args.shell_exec),
+                             tls_context=tls_context)
     except StartupError as error:
         _fail("uscmdrelay: %s" % error, args.log)
         return EXIT_STARTUP
     try:
         _install_signal_handlers(server)
-        host, port = server.address
-        log.info("uscmdrelay %s listening on %s port %d (config %s: %d keys, %d clusters, "
-                 "%d commands)", __version__, host, port, config.directory,
-                 len(config.keys), len(config.clusters), config.command_count)
+        for host, port in server.addresses:
+            log.info("uscmdrelay %s listening on %s port %s%s (config %s: %d keys, "
+                     "%d clusters, %d commands)", __version__, host, port,
+                     "" if tls_context is None else
+                     " with mutual TLS" if args.tls_client_ca else " with TLS",
+                     config.directory, len(config.keys), len(config.clusters),
+                     config.command_count)
         server.serve_forever()
-        log.info("uscmdrelay stopped")
     finally:
         server.server_close()
     return EXIT_OK
+
+
+def _tls_context(args):
+    """The server's SSLContext, or None without --tls-cert; raises ValueError."""
+    if not args.tls_cert:
+        if args.tls_key or args.tls_client_ca:
+            raise ValueError("--tls-key and --tls-client-ca need --tls-cert")
+        return None
+    from .tls import TLSError, server_context
+    try:
+        return server_context(args.tls_cert, args.tls_key, args.tls_client_ca)
+    except TLSError as error:
+        raise ValueError(str(error))
 
 
 def _fail(message, log_file):
@@ -197,18 +318,28 @@ def _fail(message, log_file):
 
 def _setup_logging(log_file, level):
     if log_file:
+        # WatchedFileHandler reopens the path when logrotate has moved the file.
         handler = logging.handlers.WatchedFileHandler(log_file)
+        formatter = logging.Formatter(LOG_FORMAT)
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        # The journal timestamps each line itself and reads a <N> priority prefix.
+        from . import systemd
+        formatter = (systemd.JournalFormatter("%(message)s") if systemd.stderr_is_journal()
+                     else logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(formatter)
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
 
 
 def _install_signal_handlers(server):
-    # The handlers only ask the loop to stop; the loop does the work (gunicorn's arbiter).
+    # The handlers only ask the loop to act; the loop does the work (gunicorn's arbiter).
     def stop(signum, frame):
         server.shutdown()
+
+    def reload(signum, frame):
+        server.reload()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stop)
+    signal.signal(signal.SIGHUP, reload)

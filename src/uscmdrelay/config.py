@@ -7,17 +7,23 @@ what stops the server from starting. This module only reads files: it runs nothi
 
 import configparser
 import hashlib
+import ipaddress
 import os
+import re
 import shlex
 import shutil
 import stat
+
+from .policy import SETTINGS, Policy
 
 AUTH_FILE = "auth.conf"
 RELAYS_FILE = "relays.conf"
 SEARCH_PATH = ("/etc/uscmdrelay", "/etc/opt/uscmdrelay", "~/.config/uscmdrelay")
 
 ALL_CLUSTERS = "*"
-AUTH_OPTIONS = ("auth_clusters", "description")
+AUTH_OPTIONS = ("auth_clusters", "description", "allowed_hosts")
+HASHED_KEY_PREFIX = "sha256:"
+_HASHED_KEY = re.compile(r"sha256:([0-9a-f]{64})\Z")
 WEAK_KEY_CHARS = 16
 
 # ConfigParser treats its default section specially (its options leak into every other
@@ -38,28 +44,51 @@ class ConfigError(Exception):
 
 
 class Command(object):
-    """One relay: `argv` (the configured command split with shlex) and its source `line`."""
+    """One relay: `argv` (the configured command split with shlex), its source `line`
+    and its `policy` (the NAME.SETTING lines of its section)."""
 
-    __slots__ = ("cluster", "name", "line", "argv")
+    __slots__ = ("cluster", "name", "line", "argv", "policy")
 
-    def __init__(self, cluster, name, line, argv):
+    def __init__(self, cluster, name, line, argv, policy=None):
         self.cluster = cluster
         self.name = name
         self.line = line
         self.argv = argv
+        self.policy = policy if policy is not None else Policy()
+
+    @property
+    def full_name(self):
+        return self.cluster + "::" + self.name
 
 
 class KeyGrant(object):
-    """What one auth key may do: `clusters` (a frozenset, or ALL_CLUSTERS) and `label`."""
+    """What one auth key may do: `clusters` (a frozenset, or ALL_CLUSTERS), `networks`
+    (the client addresses it may come from; None for any) and its log `label`."""
 
-    __slots__ = ("label", "clusters")
+    __slots__ = ("label", "clusters", "networks", "section")
 
-    def __init__(self, label, clusters):
+    def __init__(self, label, clusters, networks=None, section=None):
         self.label = label
         self.clusters = clusters
+        self.networks = networks
+        self.section = section or label  # how messages name its section: never the key
 
     def allows(self, cluster):
         return self.clusters == ALL_CLUSTERS or cluster in self.clusters
+
+    def allows_address(self, address):
+        """True if a client at `address` (text) may use this key."""
+        if self.networks is None:
+            return True
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        # An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip.version == network.version and ip in network
+                   for network in self.networks)
 
 
 class Config(object):
@@ -121,7 +150,7 @@ def load_config(directory, shell_exec=False):
     _warn_about_references(keys, clusters, auth_path, warnings)
     if not shell_exec:
         _warn_about_executables(clusters, relays_path, warnings)
-    return Config(directory, _index_keys(keys), clusters, warnings)
+    return Config(directory, keys, clusters, warnings)
 
 
 # ---------------------------------------------------------------------------------------
@@ -202,18 +231,42 @@ def parse_relays(parser, path):
     for cluster in parser.sections():
         _check_name(cluster, path, cluster, None, "cluster")
         commands = {}
+        settings = []
         for name, line in parser.items(cluster):
             _check_name(name, path, cluster, name, "command")
             if "." in name:
-                raise ConfigError(path, "'.' is not allowed in a command name (it is "
-                                  "reserved for per-command settings)", cluster, name)
+                settings.append((name, line))
+                continue
             commands[name] = Command(cluster, name, line, split_command_line(
                 line, path, cluster, name))
+        for option, value in settings:
+            _apply_setting(commands, option, value, path, cluster)
+        for name, command in commands.items():
+            try:
+                command.policy.validate()
+            except ValueError as error:
+                raise ConfigError(path, str(error), cluster, name)
         clusters[cluster] = commands
     if not clusters:
         raise ConfigError(path, "no clusters defined; add a section such as [default] "
                           "with a line 'name = command'")
     return clusters
+
+
+def _apply_setting(commands, option, value, path, cluster):
+    """Applies `NAME.SETTING = value` to the command NAME; raises ConfigError."""
+    name, setting = option.split(".", 1)
+    if name not in commands:
+        raise ConfigError(path, "setting for command %r, which this section does not "
+                          "define (command names may not contain '.')" % name,
+                          cluster, option)
+    if setting not in SETTINGS:
+        raise ConfigError(path, "unknown setting %r (expected one of: %s)"
+                          % (setting, ", ".join(SETTINGS)), cluster, option)
+    try:
+        commands[name].policy.set(setting, value)
+    except ValueError as error:
+        raise ConfigError(path, str(error), cluster, option)
 
 
 def split_command_line(line, path, cluster, name):
@@ -274,28 +327,65 @@ def check_auth_file_mode(path):
 
 
 def parse_auth(parser, path, warnings):
-    """Returns {key: KeyGrant} from a parsed auth.conf; raises ConfigError."""
+    """Returns {sha256 digest: KeyGrant} from a parsed auth.conf; raises ConfigError.
+
+    A section is a key, or `sha256:<64 hex digits>`, the digest of one (a hashed key).
+    """
     keys = {}
     for key in parser.sections():
+        name = _hide(key)
         if key != key.strip() or not key:
             raise ConfigError(path, "an auth key may not start or end with white space",
-                              _hide(key))
+                              name)
         for option in parser.options(key):
             if option not in AUTH_OPTIONS:
-                raise ConfigError(path, "unknown option (expected %s)"
-                                  % " or ".join(AUTH_OPTIONS), _hide(key), option)
+                raise ConfigError(path, "unknown option (expected one of: %s)"
+                                  % ", ".join(AUTH_OPTIONS), name, option)
         if not parser.has_option(key, "auth_clusters"):
             raise ConfigError(path, "missing; list the clusters this key may use, or '*' "
-                              "for all", _hide(key), "auth_clusters")
-        clusters = parse_cluster_list(parser.get(key, "auth_clusters"), path, _hide(key))
+                              "for all", name, "auth_clusters")
+        clusters = parse_cluster_list(parser.get(key, "auth_clusters"), path, name)
+        networks = None
+        if parser.has_option(key, "allowed_hosts"):
+            networks = parse_networks(parser.get(key, "allowed_hosts"), path, name)
+        digest = _section_digest(key, path, warnings)
+        if digest in keys:
+            raise ConfigError(path, "this key is defined twice (plain and hashed?)", name)
         description = parser.get(key, "description", fallback="").strip()
-        if len(key) < WEAK_KEY_CHARS:
-            warnings.append("%s: [%s] the key is shorter than %d characters; use a long "
-                            "random key" % (path, _hide(key), WEAK_KEY_CHARS))
-        keys[key] = KeyGrant(description or key_fingerprint(key), clusters)
+        keys[digest] = KeyGrant(description or name[len("key "):], clusters, networks, name)
     if not keys:
         warnings.append("%s: no keys defined; every request will be refused" % path)
     return keys
+
+
+def _section_digest(key, path, warnings):
+    """The digest a section stands for: its own for a hashed key, else the key's."""
+    if key.startswith(HASHED_KEY_PREFIX):
+        match = _HASHED_KEY.match(key)
+        if match is None:
+            raise ConfigError(path, "a hashed key is 'sha256:' and 64 lowercase hex digits "
+                              "(uscmdrelay hash-key prints one)", _hide(key))
+        return bytes.fromhex(match.group(1))
+    if len(key) < WEAK_KEY_CHARS:
+        warnings.append("%s: [%s] the key is shorter than %d characters; use a long "
+                        "random key" % (path, _hide(key), WEAK_KEY_CHARS))
+    return key_digest(key)
+
+
+def parse_networks(value, path, section):
+    """Returns a tuple of ip_network from `allowed_hosts`; raises ConfigError."""
+    entries = value.replace(",", " ").split()
+    if not entries:
+        raise ConfigError(path, "empty; list addresses or networks (or remove the line to "
+                          "allow any address)", section, "allowed_hosts")
+    networks = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise ConfigError(path, "%r is not an IP address or network" % entry,
+                              section, "allowed_hosts")
+    return tuple(networks)
 
 
 def parse_cluster_list(value, path, section):
@@ -313,19 +403,18 @@ def parse_cluster_list(value, path, section):
 
 
 def _hide(key):
-    """How an error message names a key's section: never the whole key."""
+    """How messages name a key's section: never the key, only a fingerprint of it (a
+    hashed key's section is its own fingerprint already)."""
+    match = _HASHED_KEY.match(key)
+    if match is not None:
+        return "key %s%s" % (HASHED_KEY_PREFIX, match.group(1)[:12])
     return "key %s" % key_fingerprint(key)
 
 
 def _warn_about_references(keys, clusters, path, warnings):
-    for key in sorted(keys, key=key_fingerprint):
-        grant = keys[key]
+    for grant in sorted(keys.values(), key=lambda grant: grant.section):
         if grant.clusters == ALL_CLUSTERS:
             continue
         for cluster in sorted(grant.clusters - set(clusters)):
             warnings.append("%s: [%s] auth_clusters: cluster %r is not defined in %s"
-                            % (path, _hide(key), cluster, RELAYS_FILE))
-
-
-def _index_keys(keys):
-    return dict((key_digest(key), grant) for key, grant in keys.items())
+                            % (path, grant.section, cluster, RELAYS_FILE))

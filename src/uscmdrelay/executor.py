@@ -87,13 +87,14 @@ class _Capture(object):
         return b"".join(self.chunks)
 
 
-def run(argv, timeout=None, max_output=1048576, env=None, cwd=None):
+def run(argv, timeout=None, max_output=1048576, env=None, cwd=None, cancel=None):
     """Runs `argv` and returns its `Outcome`; raises RelayError(3002) if it cannot start.
 
     The child gets /dev/null as stdin, a session (and process group) of its own, and no
     file descriptor above 2. `timeout` (seconds, None or 0 for none) ends the whole group:
-    SIGTERM, then SIGKILL after TERM_GRACE_SECONDS. Output past `max_output` bytes per
-    stream is read and dropped, so memory stays bounded whatever the command prints.
+    SIGTERM, then SIGKILL after TERM_GRACE_SECONDS. Setting the threading.Event `cancel`
+    does the same at once (noticed within STATUS_POLL_SECONDS). Output past `max_output`
+    bytes per stream is read and dropped, so memory stays bounded whatever it prints.
     """
     started = time.monotonic()
     try:
@@ -104,7 +105,7 @@ def run(argv, timeout=None, max_output=1048576, env=None, cwd=None):
         raise RelayError(COMMAND_NOT_STARTED, "cannot start %s: %s"
                          % (argv[0], _start_failure(error)))
     try:
-        captures, timed_out = _collect(process, started, timeout, max_output)
+        captures, timed_out = _collect(process, started, timeout, max_output, cancel)
     finally:
         process.stdout.close()
         process.stderr.close()
@@ -118,7 +119,7 @@ def run(argv, timeout=None, max_output=1048576, env=None, cwd=None):
                    round((time.monotonic() - started) * 1000.0, 1))
 
 
-def _collect(process, started, timeout, max_output):
+def _collect(process, started, timeout, max_output, cancel):
     stdout, stderr = _Capture(max_output), _Capture(max_output)
     open_pipes = {process.stdout.fileno(): stdout, process.stderr.fileno(): stderr}
     poller = select.poll()
@@ -137,7 +138,8 @@ def _collect(process, started, timeout, max_output):
             exited_at = now
         if exited_at is not None and (not open_pipes or now >= exited_at + EXIT_DRAIN_SECONDS):
             break
-        if deadline is not None and now >= deadline and not timed_out:
+        if not timed_out and ((deadline is not None and now >= deadline)
+                              or (cancel is not None and cancel.is_set())):
             timed_out = True
             _signal_group(process.pid, signal.SIGTERM)
             kill_at = now + TERM_GRACE_SECONDS

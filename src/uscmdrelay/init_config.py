@@ -7,7 +7,7 @@ writes a byte.
 import os
 import secrets
 
-from .config import AUTH_FILE, RELAYS_FILE
+from .config import AUTH_FILE, HASHED_KEY_PREFIX, RELAYS_FILE, key_digest
 
 KEY_BYTES = 32  # 256 bits of entropy, 43 URL-safe characters
 
@@ -48,13 +48,14 @@ def generate_key():
     return secrets.token_urlsafe(KEY_BYTES)
 
 
-def write_config(directory, key=None):
+def write_config(directory, key=None, hashed=False):
     """Creates `directory` (0700 when new), auth.conf (0600) and relays.conf.
 
-    Returns (key, auth path, relays path); raises InitError, having written nothing,
-    when either file already exists.
+    With `hashed`, auth.conf holds only the key's sha256 digest. Returns (key, auth path,
+    relays path); raises InitError, having written nothing, when either file exists.
     """
     key = key or generate_key()
+    section = HASHED_KEY_PREFIX + key_digest(key).hex() if hashed else key
     auth_path = os.path.join(directory, AUTH_FILE)
     relays_path = os.path.join(directory, RELAYS_FILE)
     for path in (auth_path, relays_path):
@@ -62,7 +63,7 @@ def write_config(directory, key=None):
             raise InitError("%s already exists; not overwriting it" % path)
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        _create(auth_path, AUTH_TEMPLATE.format(key=key), 0o600)
+        _create(auth_path, AUTH_TEMPLATE.format(key=section), 0o600)
         _create(relays_path, RELAYS_TEMPLATE, 0o644)
     except OSError as error:
         raise InitError("cannot write %s: %s" % (error.filename or directory,

@@ -13,37 +13,45 @@ import re
 OK = 0
 AUTH_FAILED = 1001
 CLUSTER_NOT_ALLOWED = 1002
+ADDRESS_NOT_ALLOWED = 1003
 BAD_JSON = 2001
 BAD_FIELD = 2002
 UNKNOWN_CLUSTER = 2003
 UNKNOWN_COMMAND = 2004
 REQUEST_TOO_LARGE = 2005
 REQUEST_TIMEOUT = 2006
+ARGUMENTS_NOT_ALLOWED = 2007
 COMMAND_FAILED = 3001
 COMMAND_NOT_STARTED = 3002
 COMMAND_TIMED_OUT = 3003
 SERVER_BUSY = 3004
+ALREADY_RUNNING = 3005
 INTERNAL_ERROR = 9999
 
 CODES = {
     OK: "the command ran and exited 0",
     AUTH_FAILED: "authentication failed",
     CLUSTER_NOT_ALLOWED: "this key may not use this cluster",
+    ADDRESS_NOT_ALLOWED: "client address not allowed for this key",
     BAD_JSON: "the request is not UTF-8 JSON, or not a JSON object",
     BAD_FIELD: "a field is missing or invalid",
     UNKNOWN_CLUSTER: "unknown cluster",
     UNKNOWN_COMMAND: "unknown command in that cluster",
     REQUEST_TOO_LARGE: "the request is too large",
     REQUEST_TIMEOUT: "the request was not complete in time",
+    ARGUMENTS_NOT_ALLOWED: "arguments not allowed by this command's policy",
     COMMAND_FAILED: "the command exited with a non-zero status",
     COMMAND_NOT_STARTED: "the command could not be started",
     COMMAND_TIMED_OUT: "the command timed out and was killed",
     SERVER_BUSY: "the server is busy",
+    ALREADY_RUNNING: "command already running",
     INTERNAL_ERROR: "internal server error",
 }
 
 DEFAULT_CLUSTER = "default"
 CLUSTER_SEPARATOR = "::"
+# The reserved command that lists what the calling key may run, instead of running it.
+LIST_COMMAND = "::list"
 FIELDS = ("auth_key", "command", "arguments")
 
 _UTF8_BOM = b"\xef\xbb\xbf"
@@ -75,7 +83,14 @@ class Request(object):
     @property
     def command(self):
         """The command as `cluster::name`, the spelling logs and replies use."""
+        if self.is_list:
+            return LIST_COMMAND
         return self.cluster + CLUSTER_SEPARATOR + self.name
+
+    @property
+    def is_list(self):
+        """True for the reserved `::list` request."""
+        return self.cluster is None
 
     def __repr__(self):
         # Never show the key, not even in a debugger or a traceback.
@@ -287,6 +302,8 @@ def validate_request(pairs):
         raise RelayError(BAD_FIELD, "arguments must be a list of strings")
     for index, argument in enumerate(arguments):
         _check_string("arguments[%d]" % index, argument, allow_empty=True)
+    if cluster is None and arguments:
+        raise RelayError(BAD_FIELD, "%s takes no arguments" % LIST_COMMAND)
     return Request(auth_key, cluster, name, arguments)
 
 
@@ -307,7 +324,12 @@ def _check_string(field, value, allow_empty=False):
 
 
 def split_command(command):
-    """Returns (cluster, name) for `name` or `cluster::name`; raises RelayError(2002)."""
+    """Returns (cluster, name) for `name` or `cluster::name`; raises RelayError(2002).
+
+    The reserved `::list` gives (None, "::list").
+    """
+    if command == LIST_COMMAND:
+        return None, LIST_COMMAND
     if CLUSTER_SEPARATOR in command:
         cluster, name = command.split(CLUSTER_SEPARATOR, 1)
     else:
@@ -331,6 +353,12 @@ def error_reply(code, message=None):
     """Returns the reply object for an error code, with CODES' text unless `message`."""
     return {"status": "error", "message": message if message is not None else CODES[code],
             "code": code}
+
+
+def list_reply(commands):
+    """Returns the reply to `::list`: `commands` is a list of dicts, one per command."""
+    return {"status": "success", "message": "%d commands" % len(commands), "code": OK,
+            "commands": commands}
 
 
 def command_reply(code, message, outcome):

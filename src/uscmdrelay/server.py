@@ -18,11 +18,12 @@ import socket
 import threading
 import time
 
-from . import executor
-from .auth import authenticate, authorize
-from .protocol import (COMMAND_FAILED, COMMAND_TIMED_OUT, INTERNAL_ERROR, OK,
-                       REQUEST_TIMEOUT, SERVER_BUSY, RelayError, RequestReader,
-                       command_reply, encode_reply, error_reply)
+from . import executor, systemd
+from .auth import authenticate, authorize, visible_commands
+from .config import ConfigError
+from .protocol import (ALREADY_RUNNING, COMMAND_FAILED, COMMAND_TIMED_OUT, INTERNAL_ERROR,
+                       OK, REQUEST_TIMEOUT, SERVER_BUSY, RelayError, RequestReader,
+                       command_reply, encode_reply, error_reply, list_reply)
 
 log = logging.getLogger("uscmdrelay")
 
@@ -37,6 +38,9 @@ LINGER_SECONDS = 1.0
 LINGER_DRAIN_BYTES = 65536
 WORKER_IDLE_SECONDS = 60.0
 LOG_ARGUMENTS_CHARS = 1000
+# After --shutdown-timeout the commands still running are killed (SIGTERM, then SIGKILL
+# after the executor's grace); this long past that the server exits whatever is left.
+SHUTDOWN_KILL_SECONDS = executor.TERM_GRACE_SECONDS + 3.0
 
 
 class Options(object):
@@ -44,7 +48,7 @@ class Options(object):
 
     def __init__(self, host="0.0.0.0", port=7777, timeout=60.0, max_output=1048576,
                  max_request=65536, request_timeout=10.0, max_connections=256,
-                 shell_exec=False):
+                 shell_exec=False, shutdown_timeout=30.0):
         self.host = host
         self.port = port
         self.timeout = timeout
@@ -53,6 +57,7 @@ class Options(object):
         self.request_timeout = request_timeout
         self.max_connections = max_connections
         self.shell_exec = shell_exec
+        self.shutdown_timeout = shutdown_timeout
 
 
 class StartupError(Exception):
@@ -60,28 +65,46 @@ class StartupError(Exception):
 
 
 class _Client(object):
-    """A connection whose request is still being read."""
+    """A connection whose request is still being read.
 
-    __slots__ = ("sock", "address", "reader", "deadline")
+    `config` is the configuration in force when it was accepted: a reload applies to
+    connections accepted after it, never to one already in flight.
+    """
 
-    def __init__(self, sock, address, reader, deadline):
+    __slots__ = ("sock", "address", "reader", "deadline", "config")
+
+    def __init__(self, sock, address, reader, deadline, config):
         self.sock = sock
         self.address = address
         self.reader = reader
         self.deadline = deadline
+        self.config = config
 
 
 class RelayServer(object):
-    """Serves `config` (a config.Config; replace the attribute to reload) with `options`.
+    """Serves `config` (a config.Config) with `options`.
 
-    The constructor binds and listens, or raises StartupError without leaking the socket.
-    `serve_forever()` runs the loop until `shutdown()` is called from any thread.
+    The constructor binds and listens (or adopts `listeners`, sockets already listening,
+    e.g. from systemd), or raises StartupError without leaking a socket. `serve_forever()`
+    runs the loop until `shutdown()`; `reload()` swaps in `loader()`'s configuration.
+    Both are safe to call from any thread or a signal handler.
     """
 
-    def __init__(self, config, options):
+    def __init__(self, config, options, listeners=None, loader=None, tls_context=None):
         self.config = config
         self.options = options
-        self._listener = _listen(options.host, options.port)
+        self._loader = loader
+        # With TLS every accepted socket is wrapped and handshakes inside the loop.
+        self._tls = tls_context
+        self._would_block = (BlockingIOError, InterruptedError)
+        if tls_context is not None:
+            from . import tls
+            self._would_block += tls.WOULD_BLOCK
+        self._listeners = listeners or [_listen(options.host, options.port)]
+        # What every command inherits: our environment, less what describes our own
+        # relation to systemd (sd_listen_fds(3): children must not see it).
+        self._base_env = dict((name, value) for name, value in os.environ.items()
+                              if name not in systemd.SERVICE_VARIABLES)
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)
@@ -92,12 +115,24 @@ class RelayServer(object):
         self._open_lock = threading.Lock()
         self._open = 0
         self._stopping = False
+        self._draining_until = None
+        self._reload_requested = False
+        self._cancel = threading.Event()
         self._workers = _Workers()
+        self._counts_lock = threading.Lock()
+        self.requests = 0
+        self.errors = 0
+        self._running_lock = threading.Lock()
+        self._running = {}  # "cluster::name" -> runs in progress, for max_running
 
     @property
     def address(self):
-        """The (host, port) actually bound; port 0 asks the kernel for a free one."""
-        return self._listener.getsockname()[:2]
+        """The (host, port) of the first listener; port 0 asks the kernel for a free one."""
+        return self.addresses[0]
+
+    @property
+    def addresses(self):
+        return [_socket_name(sock) for sock in self._listeners]
 
     @property
     def open_connections(self):
@@ -105,8 +140,14 @@ class RelayServer(object):
             return self._open
 
     def shutdown(self):
-        """Makes serve_forever() return; safe from any thread or a signal handler."""
+        """Stops accepting at once; serve_forever() returns when the requests in flight
+        are answered, or --shutdown-timeout later (their commands killed, code 3003)."""
         self._stopping = True
+        self._wake()
+
+    def reload(self):
+        """Asks the loop to reload the configuration (SIGHUP)."""
+        self._reload_requested = True
         self._wake()
 
     def _wake(self):
@@ -117,10 +158,12 @@ class RelayServer(object):
 
     def serve_forever(self):
         selector = self._selector
-        selector.register(self._listener, selectors.EVENT_READ, self._accept)
+        for listener in self._listeners:
+            selector.register(listener, selectors.EVENT_READ, self._accept)
         selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wake_pipe)
+        systemd.notify("READY=1", "MAINPID=%d" % os.getpid(), "STATUS=" + self._status())
         try:
-            while not self._stopping:
+            while not self._finished():
                 for key, _ in selector.select(self._next_timeout()):
                     try:
                         key.data(key.fileobj)
@@ -128,19 +171,72 @@ class RelayServer(object):
                         # A bug must cost one connection at most, never the server.
                         log.exception("internal error in the connection loop")
                         self._drop(key.fileobj)
+                if self._reload_requested:
+                    self._reload()
+                if self._stopping and self._draining_until is None:
+                    self._begin_drain()
                 self._expire(time.monotonic())
         finally:
             for sock in list(self._reading):
                 self._close_reading(sock)
             for sock in list(self._lingering):
                 self._end_linger(sock)
+        log.info("stopped: %d requests served, %d of them errors", self.requests,
+                 self.errors)
+
+    def _finished(self):
+        if self._draining_until is None:
+            return False
+        if not self.open_connections:
+            return True
+        # Past the deadline the running commands were cancelled; give them the kill grace.
+        return time.monotonic() >= self._draining_until + SHUTDOWN_KILL_SECONDS
+
+    def _status(self):
+        return "serving %s (config %s: %d keys, %d commands)" % (
+            ", ".join(_format_address(address) for address in self.addresses),
+            self.config.directory, len(self.config.keys), self.config.command_count)
+
+    def _begin_drain(self):
+        """Stops accepting; the requests in flight get --shutdown-timeout to finish."""
+        for listener in self._listeners:
+            if self._accept_paused_until is None:
+                self._selector.unregister(listener)
+            listener.close()
+        self._accept_paused_until = None
+        self._draining_until = time.monotonic() + self.options.shutdown_timeout
+        in_flight = self.open_connections
+        systemd.notify("STOPPING=1", "STATUS=stopping: %d requests in flight" % in_flight)
+        log.info("stopping: no new connections; %d requests in flight get up to %g s",
+                 in_flight, self.options.shutdown_timeout)
+
+    def _reload(self):
+        self._reload_requested = False
+        systemd.notify("RELOADING=1", "MONOTONIC_USEC=%d" % systemd.monotonic_usec(),
+                       "STATUS=reloading the configuration")
+        try:
+            config = self._loader()
+        except ConfigError as error:
+            log.error("Config error: %s (reload refused; the running configuration stays)",
+                      error)
+        except Exception:
+            log.exception("reload failed; the running configuration stays")
+        else:
+            for warning in config.warnings:
+                log.warning("config: %s", warning)
+            self.config = config
+            log.info("configuration reloaded from %s: %d keys, %d clusters, %d commands",
+                     config.directory, len(config.keys), len(config.clusters),
+                     config.command_count)
+        systemd.notify("READY=1", "STATUS=" + self._status())
 
     def server_close(self):
-        """Closes the listener and the wake pipe."""
+        """Closes the listeners and the wake pipe."""
         try:
             self._selector.close()
         finally:
-            self._listener.close()
+            for listener in self._listeners:
+                listener.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
 
@@ -154,6 +250,11 @@ class RelayServer(object):
             deadlines.append(next(iter(self._lingering.values())))
         if self._accept_paused_until is not None:
             deadlines.append(self._accept_paused_until)
+        if self._draining_until is not None:
+            deadline = self._draining_until
+            if self._cancel.is_set():
+                deadline += SHUTDOWN_KILL_SECONDS
+            deadlines.append(deadline)
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.monotonic())
@@ -174,7 +275,14 @@ class RelayServer(object):
             self._end_linger(sock)
         if self._accept_paused_until is not None and self._accept_paused_until <= now:
             self._accept_paused_until = None
-            self._selector.register(self._listener, selectors.EVENT_READ, self._accept)
+            for listener in self._listeners:
+                self._selector.register(listener, selectors.EVENT_READ, self._accept)
+        if self._draining_until is not None and now >= self._draining_until:
+            self._cancel.set()
+            while self._reading:
+                sock, client = next(iter(self._reading.items()))
+                self._answer_from_loop(sock, client.address, RelayError(
+                    REQUEST_TIMEOUT, "request not complete when the server stopped"))
 
     def _drop(self, fileobj):
         """Cleans up after an unexpected error in a loop callback for `fileobj`."""
@@ -183,11 +291,12 @@ class RelayServer(object):
             self._answer_from_loop(fileobj, client.address, RelayError(INTERNAL_ERROR))
         elif fileobj in self._lingering:
             self._end_linger(fileobj)
-        elif fileobj is self._listener and self._accept_paused_until is None:
+        elif fileobj in self._listeners and self._accept_paused_until is None:
             self._pause_accept()
 
     def _pause_accept(self):
-        self._selector.unregister(self._listener)
+        for listener in self._listeners:
+            self._selector.unregister(listener)
         self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE_SECONDS
 
     def _drain_wake_pipe(self, fd):
@@ -219,37 +328,77 @@ class RelayServer(object):
             if busy:
                 self._refuse_busy(sock, address)
                 continue
+            callback = self._read
+            if self._tls is not None:
+                try:
+                    sock = self._tls.wrap_socket(sock, server_side=True,
+                                                 do_handshake_on_connect=False)
+                except (OSError, ValueError) as error:
+                    log.info("client=%s TLS failed: %s", _format_address(address), error)
+                    sock.close()
+                    self._release()
+                    continue
+                callback = self._handshake
+            # The deadline covers a TLS handshake too: a slow one is a slow request.
             client = _Client(sock, address, RequestReader(self.options.max_request),
-                             time.monotonic() + self.options.request_timeout)
+                             time.monotonic() + self.options.request_timeout, self.config)
             self._reading[sock] = client
-            self._selector.register(sock, selectors.EVENT_READ, self._read)
+            self._selector.register(sock, selectors.EVENT_READ, callback)
+
+    def _handshake(self, sock):
+        """Advances a TLS handshake; once done, the connection is read like any other."""
+        from . import tls
+        try:
+            sock.do_handshake()
+        except tls.WANT_WRITE:
+            self._selector.modify(sock, selectors.EVENT_WRITE, self._handshake)
+            return
+        except self._would_block:
+            self._selector.modify(sock, selectors.EVENT_READ, self._handshake)
+            return
+        except (OSError, ValueError) as error:
+            # A plaintext client, a bad or missing client certificate, a port scanner.
+            log.info("client=%s TLS handshake failed: %s",
+                     _format_address(self._reading[sock].address), error)
+            self._close_reading(sock)
+            return
+        self._selector.modify(sock, selectors.EVENT_READ, self._read)
+        self._read(sock)  # the request may have come with the handshake's last flight
 
     def _refuse_busy(self, sock, address):
         error = RelayError(SERVER_BUSY, "server busy: %d connections already open"
                            % self.options.max_connections)
-        _audit(logging.WARNING, address, None, None, error.code)
+        self._audit(logging.WARNING, address, None, None, error.code)
+        if self._tls is not None:
+            # A reply would need a handshake first, which is work a busy server refuses.
+            sock.close()
+            return
         self._send_and_linger(sock, encode_reply(error_reply(error.code, error.message)))
 
     def _read(self, sock):
         client = self._reading[sock]
-        try:
-            data = sock.recv(RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._close_reading(sock)
-            return
-        try:
-            request = client.reader.feed(data) if data else client.reader.finish()
-        except RelayError as error:
-            self._answer_from_loop(sock, client.address, error)
-            return
-        if request is None:
-            return
+        while True:
+            try:
+                data = sock.recv(RECV_BYTES)
+            except self._would_block:
+                return
+            except OSError:
+                self._close_reading(sock)
+                return
+            try:
+                request = client.reader.feed(data) if data else client.reader.finish()
+            except RelayError as error:
+                self._answer_from_loop(sock, client.address, error)
+                return
+            if request is not None:
+                break
+            # TLS may hold decrypted bytes the selector cannot see: read them now.
+            if self._tls is None or not sock.pending():
+                return
         self._selector.unregister(sock)
         del self._reading[sock]
         try:
-            self._workers.submit(lambda: self._serve(sock, client.address, request))
+            self._workers.submit(lambda: self._serve(sock, client, request))
         except RuntimeError as error:
             # "can't start new thread": out of memory or of the process' thread limit.
             log.error("cannot start a worker thread: %s", error)
@@ -262,7 +411,7 @@ class RelayServer(object):
         self._selector.unregister(sock)
         del self._reading[sock]
         self._release()
-        _audit(logging.INFO, address, None, None, error.code)
+        self._audit(logging.INFO, address, None, None, error.code)
         self._send_and_linger(sock, encode_reply(error_reply(error.code, error.message)))
 
     def _send_and_linger(self, sock, payload):
@@ -302,38 +451,109 @@ class RelayServer(object):
     def _release(self):
         with self._open_lock:
             self._open -= 1
+            last = self._open == 0
+        if last and self._stopping:
+            self._wake()  # the loop may be waiting for the last request to finish
 
     # -- a worker thread: one complete request ---------------------------------------
 
-    def _serve(self, sock, address, request):
+    def _serve(self, sock, client, request):
+        address = client.address
         grant = None
         outcome = None
         try:
             try:
                 # Known before authorize() may refuse, so the audit line of a 1002, 2003
                 # or 2004 still says which key asked.
-                grant = authenticate(self.config, request.auth_key)
-                decision = authorize(self.config, request)
-                argv = executor.build_argv(decision.command, request.arguments,
-                                           self.options.shell_exec)
-                outcome = executor.run(argv, self.options.timeout or None,
-                                       self.options.max_output)
-                code, reply = _reply_for(outcome, self.options.timeout)
+                grant = authenticate(client.config, request.auth_key,
+                                     address[0] if address else "")
+                if request.is_list:
+                    code, reply = OK, list_reply([
+                        _describe(command) for command in visible_commands(client.config, grant)])
+                else:
+                    command = authorize(client.config, request, grant).command
+                    outcome = self._run(command, address, request, grant)
+                    code, reply = _reply_for(outcome, self._timeout(command),
+                                             self._cancel.is_set())
             except RelayError as error:
                 code, reply = error.code, error_reply(error.code, error.message)
             except Exception:
                 log.exception("internal error while serving %s %s",
                               _format_address(address), request.command)
                 code, reply = INTERNAL_ERROR, error_reply(INTERNAL_ERROR)
-            _audit(logging.INFO, address, grant, request, code, outcome)
+            self._audit(logging.INFO, address, grant, request, code, outcome)
             _reply_and_close(sock, encode_reply(reply), self.options.request_timeout)
         finally:
             self._release()
 
+    def _timeout(self, command):
+        timeout = command.policy.timeout
+        return self.options.timeout if timeout is None else timeout
 
-def _reply_for(outcome, timeout):
+    def _run(self, command, address, request, grant):
+        """Runs an authorized command within its max_running; returns the Outcome."""
+        policy = command.policy
+        shell = self.options.shell_exec if policy.shell is None else policy.shell
+        argv = executor.build_argv(command, request.arguments, shell)
+        self._start_run(command)
+        try:
+            return executor.run(argv, self._timeout(command) or None,
+                                self.options.max_output, cwd=policy.cwd,
+                                env=self._command_env(address, request, grant),
+                                cancel=self._cancel)
+        finally:
+            self._end_run(command)
+
+    def _start_run(self, command):
+        """Counts a run of `command`; raises RelayError(3005) past its max_running."""
+        limit = command.policy.max_running
+        if limit is None:
+            return
+        with self._running_lock:
+            running = self._running.get(command.full_name, 0)
+            if running >= limit:
+                raise RelayError(ALREADY_RUNNING, "command already running (max_running "
+                                 "is %d)" % limit)
+            self._running[command.full_name] = running + 1
+
+    def _end_run(self, command):
+        if command.policy.max_running is None:
+            return
+        with self._running_lock:
+            self._running[command.full_name] -= 1
+            if not self._running[command.full_name]:
+                del self._running[command.full_name]
+
+    def _command_env(self, address, request, grant):
+        """The command's environment: ours, plus who called it (never the key itself)."""
+        env = dict(self._base_env)
+        env["USCMDRELAY_CLIENT"] = address[0] if address else ""
+        env["USCMDRELAY_CLUSTER"] = request.cluster
+        env["USCMDRELAY_COMMAND"] = request.name
+        env["USCMDRELAY_KEY"] = grant.label
+        return env
+
+    def _audit(self, level, address, grant, request, code, outcome=None):
+        with self._counts_lock:
+            self.requests += 1
+            if code != OK:
+                self.errors += 1
+        _audit(level, address, grant, request, code, outcome)
+
+
+def _describe(command):
+    """One entry of the `::list` reply."""
+    policy = command.policy
+    return {"command": command.full_name, "description": policy.description,
+            "min_args": policy.min_args, "max_args": policy.max_args}
+
+
+def _reply_for(outcome, timeout, stopping=False):
     """Returns (code, reply object) for a command that ran."""
-    if outcome.timed_out:
+    if outcome.timed_out and stopping:
+        code = COMMAND_TIMED_OUT
+        message = "command killed: the server is shutting down"
+    elif outcome.timed_out:
         code = COMMAND_TIMED_OUT
         message = "command timed out after %g seconds and was killed" % timeout
     elif outcome.exit_code == 0:
@@ -354,8 +574,11 @@ def _reply_and_close(sock, payload, timeout):
     try:
         sock.settimeout(timeout)
         sock.sendall(payload)
-        sock.shutdown(socket.SHUT_WR)
         sock.settimeout(LINGER_SECONDS)
+        if hasattr(sock, "unwrap"):
+            # TLS: close_notify tells the client the reply is complete, not cut off.
+            sock.unwrap()
+        sock.shutdown(socket.SHUT_WR)
         drained = 0
         while drained < LINGER_DRAIN_BYTES:
             data = sock.recv(RECV_BYTES)
@@ -436,10 +659,17 @@ def _listen(host, port):
     return sock
 
 
+def _socket_name(sock):
+    name = sock.getsockname()
+    return name[:2] if isinstance(name, tuple) else (name, None)
+
+
 def _format_address(address):
     if not address:
         return "-"
     host, port = address[0], address[1]
+    if port is None:
+        return str(host)
     return "[%s]:%s" % (host, port) if ":" in host else "%s:%s" % (host, port)
 
 

@@ -1,0 +1,229 @@
+"""`uscmdrelay call`: a client that behaves like `ssh host cmd`.
+
+It sends one request and prints the command's stdout and stderr as they were, exiting
+with the command's exit status (128+N for death by signal N). Anything that keeps the
+command from running or finishing (refused key, unknown command, timeout, busy server,
+connection or TLS failure) prints `uscmdrelay: <message> (code N)` and exits 255.
+"""
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+
+from .protocol import COMMAND_FAILED, LIST_COMMAND, OK
+
+EXIT_RELAY_ERROR = 255
+EXIT_USAGE = 2
+KEY_VARIABLE = "USCMDRELAY_AUTH_KEY"
+MAX_REPLY_BYTES = 64 * 1024 * 1024
+
+
+class CallError(Exception):
+    """The call failed before a reply could be used; str() is the message."""
+
+    def __init__(self, message, code=None):
+        Exception.__init__(self, message)
+        self.code = code
+
+    def __str__(self):
+        text = Exception.__str__(self)
+        return text if self.code is None else "%s (code %d)" % (text, self.code)
+
+
+def add_arguments(parser):
+    """Adds `call`'s options to an argparse subparser."""
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="server name or address (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=7777, help="server port (default: 7777)")
+    parser.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                        help="seconds the whole call may take (default: 60)")
+    parser.add_argument("--key-file", metavar="FILE",
+                        help="read the auth key from FILE (default: $%s)" % KEY_VARIABLE)
+    parser.add_argument("--json", action="store_true",
+                        help="print the reply object as received")
+    parser.add_argument("--list", action="store_true",
+                        help="list the commands this key may run")
+    parser.add_argument("--tls", action="store_true", help="connect with TLS")
+    parser.add_argument("--tls-ca", metavar="FILE",
+                        help="CA certificate(s) to verify the server with (default: the "
+                             "system's)")
+    parser.add_argument("--tls-cert", metavar="FILE", help="client certificate (mutual TLS)")
+    parser.add_argument("--tls-key", metavar="FILE", help="client certificate's private key")
+    parser.add_argument("--tls-server-name", metavar="NAME",
+                        help="name to verify the server certificate against "
+                             "(default: --host)")
+    parser.add_argument("command", nargs="?", metavar="COMMAND",
+                        help="'name' or 'cluster::name'")
+    # REMAINDER: everything after COMMAND is the command's, even words starting with '-'.
+    parser.add_argument("arguments", nargs=argparse.REMAINDER, metavar="ARG")
+
+
+def run_call(args, stdout=None, stderr=None):
+    """Runs `call`; returns the exit status."""
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    if not args.list and not args.command:
+        stderr.write("uscmdrelay: call needs a COMMAND (or --list)\n")
+        return EXIT_USAGE
+    try:
+        key = read_key(args.key_file)
+    except CallError as error:
+        stderr.write("uscmdrelay: %s\n" % error)
+        return EXIT_USAGE
+    request = {"auth_key": key, "command": LIST_COMMAND if args.list else args.command}
+    if not args.list:
+        request["arguments"] = args.arguments
+    try:
+        raw, reply = exchange(args, request)
+    except CallError as error:
+        stderr.write("uscmdrelay: %s\n" % error)
+        return EXIT_RELAY_ERROR
+    if args.json:
+        stdout.write(raw.decode("utf-8", "replace"))
+        stdout.flush()
+    elif args.list and reply.get("code") == OK:
+        _print_list(reply.get("commands") or [], stdout)
+        return 0
+    else:
+        _write_output(reply, stdout, stderr)
+    if args.json and args.list and reply.get("code") == OK:
+        return 0
+    return exit_status(reply, stderr, quiet=args.json)
+
+
+def read_key(key_file):
+    """The auth key from `key_file`, else from the environment; raises CallError."""
+    if key_file:
+        try:
+            with open(key_file, encoding="utf-8") as handle:
+                key = handle.read().strip()
+        except (OSError, UnicodeDecodeError) as error:
+            raise CallError("cannot read key file %s: %s"
+                            % (key_file, getattr(error, "strerror", None) or error))
+        if not key:
+            raise CallError("key file %s is empty" % key_file)
+        return key
+    key = os.environ.get(KEY_VARIABLE, "")
+    if not key:
+        raise CallError("no auth key: set %s or use --key-file FILE" % KEY_VARIABLE)
+    return key
+
+
+def exchange(args, request):
+    """Sends `request`; returns (raw reply bytes, reply object). Raises CallError."""
+    deadline = time.monotonic() + args.timeout
+    context = _tls_context(args) if args.tls else None
+    where = "%s port %d" % (args.host, args.port)
+    try:
+        sock = socket.create_connection((args.host, args.port), timeout=args.timeout)
+    except socket.timeout:
+        raise CallError("cannot connect to %s: timed out" % where)
+    except OSError as error:
+        raise CallError("cannot connect to %s: %s" % (where, _reason(error)))
+    try:
+        if context is not None:
+            try:
+                sock = context.wrap_socket(
+                    sock, server_hostname=args.tls_server_name or args.host)
+            except (OSError, ValueError) as error:
+                raise CallError("TLS with %s failed: %s" % (where, _reason(error)))
+        data = (json.dumps(request) + "\n").encode("utf-8")
+        try:
+            _set_remaining(sock, deadline)
+            sock.sendall(data)
+            raw = _read_reply(sock, deadline)
+        except socket.timeout:
+            raise CallError("no reply from %s within %g s (--timeout)" % (where, args.timeout))
+        except OSError as error:
+            raise CallError("connection to %s failed: %s" % (where, _reason(error)))
+    finally:
+        sock.close()
+    try:
+        reply = json.loads(raw.decode("utf-8"))
+        if not isinstance(reply, dict) or not isinstance(reply.get("code"), int):
+            raise ValueError("not a reply object")
+    except ValueError:
+        raise CallError("%s sent no valid reply (%d bytes)" % (where, len(raw)))
+    return raw, reply
+
+
+def _set_remaining(sock, deadline):
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise socket.timeout("timed out")
+    sock.settimeout(remaining)
+
+
+def _read_reply(sock, deadline):
+    chunks = []
+    size = 0
+    while True:
+        _set_remaining(sock, deadline)
+        try:
+            data = sock.recv(65536)
+        except OSError as error:
+            # A TLS server that closes without close_notify still sent a whole reply.
+            if chunks and "EOF" in str(error):
+                break
+            raise
+        if not data:
+            break
+        chunks.append(data)
+        size += len(data)
+        if size > MAX_REPLY_BYTES:
+            raise CallError("reply larger than %d bytes" % MAX_REPLY_BYTES)
+        if data.endswith(b"\n"):
+            break  # a reply is exactly one line
+    return b"".join(chunks)
+
+
+def _tls_context(args):
+    from .tls import TLSError, client_context  # only a TLS call pays for importing ssl
+    try:
+        return client_context(args.tls_ca, args.tls_cert, args.tls_key)
+    except TLSError as error:
+        raise CallError("TLS setup failed: %s" % error)
+
+
+def _reason(error):
+    return getattr(error, "reason", None) or getattr(error, "strerror", None) or str(error)
+
+
+def _write_output(reply, stdout, stderr):
+    """Writes the command's own output, as it was, when the command ran."""
+    if "exit_code" not in reply:
+        return
+    for stream, text in ((stdout, reply.get("stdout") or ""),
+                         (stderr, reply.get("stderr") or "")):
+        stream.write(text)
+        stream.flush()
+
+
+def exit_status(reply, stderr, quiet=False):
+    """The exit status for a reply, like ssh: the command's, or 255 for a relay error."""
+    code = reply.get("code")
+    exit_code = reply.get("exit_code")
+    if code in (OK, COMMAND_FAILED) and isinstance(exit_code, int):
+        return 128 - exit_code if exit_code < 0 else exit_code
+    if not quiet:
+        stderr.write("uscmdrelay: %s\n" % CallError(reply.get("message", "error"), code))
+    return EXIT_RELAY_ERROR
+
+
+def _print_list(commands, stdout):
+    rows = [("COMMAND", "ARGS", "DESCRIPTION")]
+    for entry in commands:
+        low, high = entry.get("min_args"), entry.get("max_args")
+        if low is None and high is None:
+            count = "any"
+        elif low == high:
+            count = str(low)
+        else:
+            count = "%s-%s" % (low if low is not None else 0, high if high is not None else "")
+        rows.append((entry.get("command", ""), count, entry.get("description") or ""))
+    width = max(len(row[0]) for row in rows)
+    for name, count, description in rows:
+        stdout.write(("%-*s  %-5s  %s" % (width, name, count, description)).rstrip() + "\n")

@@ -1,0 +1,140 @@
+"""Per-command policy: the `NAME.SETTING = value` lines of relays.conf, and the argument
+rules they set.
+
+Sans-IO. The converters turn a setting's text into a value or raise ValueError with a
+message naming the bad value; config adds the file, section and option. `Policy.check`
+raises the RelayError(2007) a request gets for arguments the policy does not allow.
+"""
+
+import os
+import re
+
+from .protocol import ARGUMENTS_NOT_ALLOWED, RelayError
+
+QUOTED_ARGUMENT_CHARS = 60
+
+
+def _seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or value != value or value < 0 or value == float("inf"):
+        raise ValueError("%r is not a number of seconds (0 for no limit)" % text)
+    return value
+
+
+def _count(minimum):
+    def convert(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError("%r is not a whole number" % text)
+        if value < minimum:
+            raise ValueError("%r is less than %d" % (text, minimum))
+        return value
+    return convert
+
+
+def _regex(text):
+    try:
+        return re.compile(text)
+    except re.error as error:
+        raise ValueError("%r is not a valid regular expression: %s" % (text, error))
+
+
+def _words(text):
+    words = text.split()
+    if not words:
+        raise ValueError("no words given; list the allowed arguments separated by spaces")
+    return tuple(words)
+
+
+_BOOLEANS = {"yes": True, "true": True, "on": True, "1": True,
+             "no": False, "false": False, "off": False, "0": False}
+
+
+def _yes_no(text):
+    try:
+        return _BOOLEANS[text.strip().lower()]
+    except KeyError:
+        raise ValueError("%r is not yes or no" % text)
+
+
+def _absolute_path(text):
+    if not os.path.isabs(text):
+        raise ValueError("%r is not an absolute path" % text)
+    return text
+
+
+def _text(text):
+    return text.strip()
+
+
+# setting -> converter. The order is the order configtest --list shows them in.
+CONVERTERS = (
+    ("description", _text),
+    ("timeout", _seconds),
+    ("min_args", _count(0)),
+    ("max_args", _count(0)),
+    ("arg_pattern", _regex),
+    ("arg_choices", _words),
+    ("max_running", _count(1)),
+    ("shell", _yes_no),
+    ("cwd", _absolute_path),
+)
+SETTINGS = tuple(name for name, _ in CONVERTERS)
+_CONVERTER = dict(CONVERTERS)
+
+
+class Policy(object):
+    """A command's settings; None where relays.conf does not set one."""
+
+    __slots__ = SETTINGS
+
+    def __init__(self):
+        for name in SETTINGS:
+            setattr(self, name, None)
+
+    def set(self, setting, text):
+        """Sets `setting` from its text; raises KeyError (unknown) or ValueError (bad)."""
+        setattr(self, setting, _CONVERTER[setting](text))
+
+    def validate(self):
+        """Raises ValueError for settings that contradict each other."""
+        if (self.min_args is not None and self.max_args is not None
+                and self.min_args > self.max_args):
+            raise ValueError("min_args (%d) is greater than max_args (%d)"
+                             % (self.min_args, self.max_args))
+
+    def check(self, arguments):
+        """Raises RelayError(2007) unless the policy allows `arguments`."""
+        count = len(arguments)
+        if self.min_args is not None and count < self.min_args:
+            _refuse("takes at least %d argument%s, got %d"
+                    % (self.min_args, _plural(self.min_args), count))
+        if self.max_args is not None and count > self.max_args:
+            _refuse("takes at most %d argument%s, got %d"
+                    % (self.max_args, _plural(self.max_args), count))
+        for position, argument in enumerate(arguments, 1):
+            if self.arg_pattern is not None and not self.arg_pattern.fullmatch(argument):
+                _refuse("argument %d (%s) does not match arg_pattern"
+                        % (position, _quote(argument)))
+            if self.arg_choices is not None and argument not in self.arg_choices:
+                _refuse("argument %d (%s) is not one of: %s"
+                        % (position, _quote(argument), " ".join(self.arg_choices)))
+
+
+def _refuse(reason):
+    raise RelayError(ARGUMENTS_NOT_ALLOWED,
+                     "arguments not allowed by this command's policy: " + reason)
+
+
+def _plural(count):
+    return "" if count == 1 else "s"
+
+
+def _quote(argument):
+    if len(argument) > QUOTED_ARGUMENT_CHARS:
+        argument = argument[:QUOTED_ARGUMENT_CHARS] + "..."
+    return repr(argument)

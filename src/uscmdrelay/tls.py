@@ -1,0 +1,66 @@
+"""TLS contexts for the server and the client (stdlib `ssl`, TLS 1.2 or newer).
+
+Imported only when TLS is asked for, so a plain-TCP server or client never pays for the
+ssl module. Problems with certificate or key files raise TLSError with a one-line
+message naming the file, at start-up rather than at the first request.
+"""
+
+import ssl
+
+# What a non-blocking TLS socket raises instead of BlockingIOError.
+WOULD_BLOCK = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
+WANT_WRITE = ssl.SSLWantWriteError
+
+
+class TLSError(Exception):
+    """A TLS set-up problem; str() is the message for the user."""
+
+
+def server_context(cert_file, key_file=None, client_ca_file=None):
+    """A server context serving `cert_file`; with `client_ca_file`, clients must present
+    a certificate signed by that CA (mutual TLS). Raises TLSError."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    _require_tls12(context)
+    _load_chain(context, cert_file, key_file, "--tls-cert", "--tls-key")
+    if client_ca_file:
+        try:
+            context.load_verify_locations(cafile=client_ca_file)
+        except (OSError, ssl.SSLError) as error:
+            raise TLSError("--tls-client-ca %s: %s" % (client_ca_file, _reason(error)))
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def client_context(ca_file=None, cert_file=None, key_file=None):
+    """A client context that verifies the server (against `ca_file`, or the system's
+    CAs) and presents `cert_file` when given. Raises TLSError."""
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as error:
+        raise TLSError("--tls-ca %s: %s" % (ca_file, _reason(error)))
+    _require_tls12(context)
+    if cert_file:
+        _load_chain(context, cert_file, key_file, "--tls-cert", "--tls-key")
+    return context
+
+
+def _load_chain(context, cert_file, key_file, cert_flag, key_flag):
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except FileNotFoundError as error:
+        raise TLSError("%s: %s" % (error.filename, error.strerror))
+    except (OSError, ssl.SSLError) as error:
+        raise TLSError("%s %s / %s %s: cannot load the certificate and key: %s"
+                       % (cert_flag, cert_file, key_flag, key_file or "(in the same file)",
+                          _reason(error)))
+
+
+def _require_tls12(context):
+    if hasattr(context, "minimum_version"):
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+    else:  # Python 3.6 has no minimum_version
+        context.options |= ssl.OP_NO_TLSv1 | ssl.OP_NO_TLSv1_1
+
+
+def _reason(error):
+    return getattr(error, "reason", None) or getattr(error, "strerror", None) or str(error)
