@@ -97,6 +97,16 @@ def build_parser():
     _add_config_dir(configtest)
     configtest.add_argument("--list", action="store_true",
                             help="also print every command with its effective settings")
+    configtest.add_argument("--relays", metavar="FILE",
+                            help="check FILE as if it were the config dir's relays.conf "
+                                 "(for Ansible's validate:)")
+    configtest.add_argument("--auth", metavar="FILE",
+                            help="check FILE as if it were the config dir's auth.conf")
+    configtest.add_argument("--dropin", metavar="NAME", nargs="?", const=True,
+                            default=False,
+                            help="with --relays/--auth: check FILE as the drop-in "
+                                 "relays.d/NAME or auth.d/NAME (default NAME: FILE's own "
+                                 "name), replacing the file of that name if there is one")
     init = commands.add_parser(
         "init", help="write a first configuration with a new random key",
         description="Create the config directory (0700), an auth.conf (0600) with one new "
@@ -143,22 +153,21 @@ def main(argv=None):
     return serve(args)
 
 
-def load(args):
-    """Returns the Config for the command line's options; raises ConfigError."""
-    from .config import find_config_dir, load_config
-    directory = args.config_dir or find_config_dir()
-    return load_config(directory, shell_exec=args.shell_exec)
-
-
 def configtest(args):
-    from .config import ConfigError
+    from .config import ConfigError, find_config_dir, load_config
+    if args.dropin and not (args.relays or args.auth):
+        print("uscmdrelay: --dropin goes with --relays FILE or --auth FILE", file=sys.stderr)
+        return EXIT_CONFIG
     try:
-        config = load(args)
+        config = load_config(args.config_dir or find_config_dir(),
+                             shell_exec=args.shell_exec, relays_file=args.relays,
+                             auth_file=args.auth, dropin=args.dropin)
     except ConfigError as error:
         print("Config error: %s" % error, file=sys.stderr)
         return EXIT_CONFIG
     print("Config OK")
     print("config dir: %s" % config.directory)
+    print("files: %s" % ", ".join(config.files))
     print("keys: %d, clusters: %d, commands: %d"
           % (len(config.keys), len(config.clusters), config.command_count))
     for warning in config.warnings:

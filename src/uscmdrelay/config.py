@@ -18,6 +18,9 @@ from .policy import SETTINGS, Policy
 
 AUTH_FILE = "auth.conf"
 RELAYS_FILE = "relays.conf"
+AUTH_DROPIN_DIR = "auth.d"
+RELAYS_DROPIN_DIR = "relays.d"
+DROPIN_SUFFIX = ".conf"
 SEARCH_PATH = ("/etc/uscmdrelay", "/etc/opt/uscmdrelay", "~/.config/uscmdrelay")
 
 ALL_CLUSTERS = "*"
@@ -47,14 +50,15 @@ class Command(object):
     """One relay: `argv` (the configured command split with shlex), its source `line`
     and its `policy` (the NAME.SETTING lines of its section)."""
 
-    __slots__ = ("cluster", "name", "line", "argv", "policy")
+    __slots__ = ("cluster", "name", "line", "argv", "policy", "path")
 
-    def __init__(self, cluster, name, line, argv, policy=None):
+    def __init__(self, cluster, name, line, argv, policy=None, path=None):
         self.cluster = cluster
         self.name = name
         self.line = line
         self.argv = argv
         self.policy = policy if policy is not None else Policy()
+        self.path = path  # the file that defines it
 
     @property
     def full_name(self):
@@ -65,13 +69,14 @@ class KeyGrant(object):
     """What one auth key may do: `clusters` (a frozenset, or ALL_CLUSTERS), `networks`
     (the client addresses it may come from; None for any) and its log `label`."""
 
-    __slots__ = ("label", "clusters", "networks", "section")
+    __slots__ = ("label", "clusters", "networks", "section", "path")
 
-    def __init__(self, label, clusters, networks=None, section=None):
+    def __init__(self, label, clusters, networks=None, section=None, path=None):
         self.label = label
         self.clusters = clusters
         self.networks = networks
         self.section = section or label  # how messages name its section: never the key
+        self.path = path  # the file that defines it
 
     def allows(self, cluster):
         return self.clusters == ALL_CLUSTERS or cluster in self.clusters
@@ -99,11 +104,12 @@ class Config(object):
     `warnings` lists what configtest reports but does not refuse.
     """
 
-    def __init__(self, directory, keys, clusters, warnings):
+    def __init__(self, directory, keys, clusters, warnings, files=()):
         self.directory = directory
         self.keys = keys
         self.clusters = clusters
         self.warnings = warnings
+        self.files = list(files)  # every file read, in the order read
 
     @property
     def command_count(self):
@@ -121,14 +127,15 @@ def key_fingerprint(key):
 
 
 def find_config_dir(search_path=SEARCH_PATH):
-    """Returns the first directory of `search_path` that holds auth.conf or relays.conf.
+    """Returns the first directory of `search_path` that holds a configuration file
+    (auth.conf, relays.conf) or drop-in directory (auth.d, relays.d).
 
     Raises ConfigError listing the places searched when there is none.
     """
     for candidate in search_path:
         directory = os.path.expanduser(candidate)
         if any(os.path.exists(os.path.join(directory, name))
-               for name in (AUTH_FILE, RELAYS_FILE)):
+               for name in (AUTH_FILE, RELAYS_FILE, AUTH_DROPIN_DIR, RELAYS_DROPIN_DIR)):
             return directory
     raise ConfigError(
         "no configuration found",
@@ -136,21 +143,101 @@ def find_config_dir(search_path=SEARCH_PATH):
         % (", ".join(search_path), AUTH_FILE, RELAYS_FILE))
 
 
-def load_config(directory, shell_exec=False):
-    """Loads and validates `directory`/auth.conf and relays.conf; returns a `Config`.
+def load_config(directory, shell_exec=False, relays_file=None, auth_file=None,
+                dropin=False):
+    """Loads and validates the configuration in `directory`; returns a `Config`.
 
-    Raises ConfigError for the first problem found.
+    That is auth.conf then auth.d/*.conf, and relays.conf then relays.d/*.conf (each in
+    lexical order). `relays_file`/`auth_file` stand in for relays.conf/auth.conf, or with
+    `dropin` (True, or the name it will be installed under) for a drop-in: how
+    configtest checks a file before it is installed. Raises ConfigError.
     """
-    auth_path = os.path.join(directory, AUTH_FILE)
-    relays_path = os.path.join(directory, RELAYS_FILE)
     warnings = []
-    clusters = parse_relays(_read_ini(relays_path), relays_path)
-    check_auth_file_mode(auth_path)
-    keys = parse_auth(_read_ini(auth_path, secret=True), auth_path, warnings)
-    _warn_about_references(keys, clusters, auth_path, warnings)
+    relays_paths = config_files(directory, RELAYS_FILE, RELAYS_DROPIN_DIR, relays_file,
+                                dropin)
+    auth_paths = config_files(directory, AUTH_FILE, AUTH_DROPIN_DIR, auth_file, dropin)
+    if relays_file is not None or auth_file is not None:
+        # Checking one new file before it is installed: the other part may not be
+        # deployed yet (Ansible may write auth before relays or the other way round).
+        if relays_file is None:
+            relays_paths = _existing(relays_paths, warnings)
+        if auth_file is None:
+            auth_paths = _existing(auth_paths, warnings)
+    clusters = _merge(relays_paths, lambda path: parse_relays(
+        _read_ini(path), path, allow_empty=True), lambda cluster: "[%s]" % cluster)
+    if not clusters and (relays_paths or relays_file is None and auth_file is None):
+        raise ConfigError(relays_paths[0] if relays_paths else
+                          os.path.join(directory, RELAYS_FILE),
+                          "no clusters defined; add a section such as [default] "
+                          "with a line 'name = command'")
+    keys = _merge(auth_paths, lambda path: _parse_auth_file(path, warnings),
+                  lambda digest: "[key sha256:%s]" % digest.hex()[:12])
+    if not keys:
+        warnings.append("%s: no keys defined; every request will be refused"
+                        % (auth_paths[0] if auth_paths else os.path.join(directory,
+                                                                          AUTH_FILE)))
+    _warn_about_references(keys, clusters, AUTH_FILE, warnings)
     if not shell_exec:
-        _warn_about_executables(clusters, relays_path, warnings)
-    return Config(directory, keys, clusters, warnings)
+        _warn_about_executables(clusters, warnings)
+    return Config(directory, keys, clusters, warnings, relays_paths + auth_paths)
+
+
+def config_files(directory, main_name, dropin_name, replacement=None, dropin=False):
+    """The files making up one part of the configuration, in the order they are read.
+
+    The main file may be missing when the drop-in directory exists (and vice versa);
+    with neither, the main file's path is returned so that reading it reports it missing.
+    """
+    main = os.path.join(directory, main_name)
+    dropin_dir = os.path.join(directory, dropin_name)
+    try:
+        names = sorted(name for name in os.listdir(dropin_dir)
+                       if name.endswith(DROPIN_SUFFIX) and not name.startswith("."))
+    except FileNotFoundError:
+        names = None
+    except OSError as error:
+        raise ConfigError(dropin_dir, "cannot list: %s" % _reason(error))
+    dropins = [os.path.join(dropin_dir, name) for name in names or ()]
+    if replacement is not None and dropin:
+        # Checked as if installed in the drop-in directory, under the name `dropin` (or
+        # its own): it replaces the file of that name, if any, in the reading order.
+        name = dropin if isinstance(dropin, str) else os.path.basename(replacement)
+        installed = os.path.join(dropin_dir, name)
+        dropins = sorted([path for path in dropins if path != installed] + [installed])
+        dropins[dropins.index(installed)] = replacement
+    elif replacement is not None:
+        main = replacement
+    # A missing main file is reported, unless drop-ins stand in for it.
+    main_needed = (os.path.exists(main) or (replacement is not None and not dropin)
+                   or (names is None and not (replacement is not None and dropin)))
+    return ([main] if main_needed else []) + dropins
+
+
+def _existing(paths, warnings):
+    """`paths` less the ones that do not exist, each with a warning."""
+    for path in paths:
+        if not os.path.exists(path):
+            warnings.append("%s: not there (yet); checked without it" % path)
+    return [path for path in paths if os.path.exists(path)]
+
+
+def _merge(paths, parse_file, describe):
+    """Parses each file and merges the sections; a section in two files is an error."""
+    merged = {}
+    origin = {}
+    for path in paths:
+        for name, value in parse_file(path).items():
+            if name in merged:
+                raise ConfigError(path, "%s is already defined in %s"
+                                  % (describe(name), origin[name]))
+            merged[name] = value
+            origin[name] = path
+    return merged
+
+
+def _parse_auth_file(path, warnings):
+    check_auth_file_mode(path)
+    return parse_auth(_read_ini(path, secret=True), path, warnings, allow_empty=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -225,8 +312,11 @@ def _reason(error):
 # ---------------------------------------------------------------------------------------
 # relays.conf
 
-def parse_relays(parser, path):
-    """Returns {cluster: {name: Command}} from a parsed relays.conf; raises ConfigError."""
+def parse_relays(parser, path, allow_empty=False):
+    """Returns {cluster: {name: Command}} from a parsed relays.conf; raises ConfigError.
+
+    A file defining no cluster is an error unless `allow_empty` (one of several files).
+    """
     clusters = {}
     for cluster in parser.sections():
         _check_name(cluster, path, cluster, None, "cluster")
@@ -238,7 +328,7 @@ def parse_relays(parser, path):
                 settings.append((name, line))
                 continue
             commands[name] = Command(cluster, name, line, split_command_line(
-                line, path, cluster, name))
+                line, path, cluster, name), path=path)
         for option, value in settings:
             _apply_setting(commands, option, value, path, cluster)
         for name, command in commands.items():
@@ -247,7 +337,7 @@ def parse_relays(parser, path):
             except ValueError as error:
                 raise ConfigError(path, str(error), cluster, name)
         clusters[cluster] = commands
-    if not clusters:
+    if not clusters and not allow_empty:
         raise ConfigError(path, "no clusters defined; add a section such as [default] "
                           "with a line 'name = command'")
     return clusters
@@ -291,9 +381,10 @@ def _check_name(value, path, section, option, what):
                           "space" % what, section, option)
 
 
-def _warn_about_executables(clusters, path, warnings):
+def _warn_about_executables(clusters, warnings):
     for cluster in sorted(clusters):
         for name, command in sorted(clusters[cluster].items()):
+            path = command.path
             program = command.argv[0]
             if os.sep in program:
                 found = os.path.isfile(program) and os.access(program, os.X_OK)
@@ -326,10 +417,11 @@ def check_auth_file_mode(path):
                           "run chmod 600 %s" % (mode, path))
 
 
-def parse_auth(parser, path, warnings):
+def parse_auth(parser, path, warnings, allow_empty=False):
     """Returns {sha256 digest: KeyGrant} from a parsed auth.conf; raises ConfigError.
 
     A section is a key, or `sha256:<64 hex digits>`, the digest of one (a hashed key).
+    A file with no key gets a warning unless `allow_empty` (the caller checks the total).
     """
     keys = {}
     for key in parser.sections():
@@ -352,8 +444,9 @@ def parse_auth(parser, path, warnings):
         if digest in keys:
             raise ConfigError(path, "this key is defined twice (plain and hashed?)", name)
         description = parser.get(key, "description", fallback="").strip()
-        keys[digest] = KeyGrant(description or name[len("key "):], clusters, networks, name)
-    if not keys:
+        keys[digest] = KeyGrant(description or name[len("key "):], clusters, networks, name,
+                                path)
+    if not keys and not allow_empty:
         warnings.append("%s: no keys defined; every request will be refused" % path)
     return keys
 
@@ -417,4 +510,4 @@ def _warn_about_references(keys, clusters, path, warnings):
             continue
         for cluster in sorted(grant.clusters - set(clusters)):
             warnings.append("%s: [%s] auth_clusters: cluster %r is not defined in %s"
-                            % (path, grant.section, cluster, RELAYS_FILE))
+                            % (grant.path or path, grant.section, cluster, RELAYS_FILE))
