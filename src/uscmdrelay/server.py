@@ -9,35 +9,26 @@ decisions live in `protocol` and `auth`; all the process handling in `executor`.
 
 import collections
 import errno
-import json
 import logging
 import os
-import queue
 import selectors
 import socket
 import threading
 import time
 
 from . import executor, systemd
-from .auth import authenticate, authorize, visible_commands
 from .config import ConfigError
-from .protocol import (ALREADY_RUNNING, COMMAND_FAILED, COMMAND_TIMED_OUT, INTERNAL_ERROR,
-                       OK, REQUEST_TIMEOUT, SERVER_BUSY, RelayError, RequestReader,
-                       command_reply, encode_reply, error_reply, list_reply)
+from .dispatch import LINGER_SECONDS, RECV_BYTES, Dispatcher, format_address
+from .protocol import (INTERNAL_ERROR, REQUEST_TIMEOUT, SERVER_BUSY, RelayError,
+                       RequestReader, encode_reply, error_reply)
+from .workers import Workers
 
 log = logging.getLogger("uscmdrelay")
 
-RECV_BYTES = 65536
 ACCEPTS_PER_WAKE = 64
 # When accept() fails for lack of file descriptors the listener stays readable; without
 # a pause the loop would spin at 100% CPU until a descriptor frees up.
 ACCEPT_PAUSE_SECONDS = 0.1
-# After the reply, how long we wait for the client to close before we do. Closing a socket
-# with unread input makes the kernel send RST, which can destroy the reply in flight.
-LINGER_SECONDS = 1.0
-LINGER_DRAIN_BYTES = 65536
-WORKER_IDLE_SECONDS = 60.0
-LOG_ARGUMENTS_CHARS = 1000
 # After --shutdown-timeout the commands still running are killed (SIGTERM, then SIGKILL
 # after the executor's grace); this long past that the server exits whatever is left.
 SHUTDOWN_KILL_SECONDS = executor.TERM_GRACE_SECONDS + 3.0
@@ -101,10 +92,6 @@ class RelayServer(object):
             from . import tls
             self._would_block += tls.WOULD_BLOCK
         self._listeners = listeners or [_listen(options.host, options.port)]
-        # What every command inherits: our environment, less what describes our own
-        # relation to systemd (sd_listen_fds(3): children must not see it).
-        self._base_env = dict((name, value) for name, value in os.environ.items()
-                              if name not in systemd.SERVICE_VARIABLES)
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)
@@ -118,12 +105,8 @@ class RelayServer(object):
         self._draining_until = None
         self._reload_requested = False
         self._cancel = threading.Event()
-        self._workers = _Workers()
-        self._counts_lock = threading.Lock()
-        self.requests = 0
-        self.errors = 0
-        self._running_lock = threading.Lock()
-        self._running = {}  # "cluster::name" -> runs in progress, for max_running
+        self._workers = Workers()
+        self._dispatcher = Dispatcher(options, self._cancel)
 
     @property
     def address(self):
@@ -181,8 +164,8 @@ class RelayServer(object):
                 self._close_reading(sock)
             for sock in list(self._lingering):
                 self._end_linger(sock)
-        log.info("stopped: %d requests served, %d of them errors", self.requests,
-                 self.errors)
+        log.info("stopped: %d requests served, %d of them errors",
+                 self._dispatcher.requests, self._dispatcher.errors)
 
     def _finished(self):
         if self._draining_until is None:
@@ -194,7 +177,7 @@ class RelayServer(object):
 
     def _status(self):
         return "serving %s (config %s: %d keys, %d commands)" % (
-            ", ".join(_format_address(address) for address in self.addresses),
+            ", ".join(format_address(address) for address in self.addresses),
             self.config.directory, len(self.config.keys), self.config.command_count)
 
     def _begin_drain(self):
@@ -334,7 +317,7 @@ class RelayServer(object):
                     sock = self._tls.wrap_socket(sock, server_side=True,
                                                  do_handshake_on_connect=False)
                 except (OSError, ValueError) as error:
-                    log.info("client=%s TLS failed: %s", _format_address(address), error)
+                    log.info("client=%s TLS failed: %s", format_address(address), error)
                     sock.close()
                     self._release()
                     continue
@@ -359,7 +342,7 @@ class RelayServer(object):
         except (OSError, ValueError) as error:
             # A plaintext client, a bad or missing client certificate, a port scanner.
             log.info("client=%s TLS handshake failed: %s",
-                     _format_address(self._reading[sock].address), error)
+                     format_address(self._reading[sock].address), error)
             self._close_reading(sock)
             return
         self._selector.modify(sock, selectors.EVENT_READ, self._read)
@@ -368,7 +351,7 @@ class RelayServer(object):
     def _refuse_busy(self, sock, address):
         error = RelayError(SERVER_BUSY, "server busy: %d connections already open"
                            % self.options.max_connections)
-        self._audit(logging.WARNING, address, None, None, error.code)
+        self._dispatcher.audit(logging.WARNING, address, None, None, error.code)
         if self._tls is not None:
             # A reply would need a handshake first, which is work a busy server refuses.
             sock.close()
@@ -411,7 +394,7 @@ class RelayServer(object):
         self._selector.unregister(sock)
         del self._reading[sock]
         self._release()
-        self._audit(logging.INFO, address, None, None, error.code)
+        self._dispatcher.audit(logging.INFO, address, None, None, error.code)
         self._send_and_linger(sock, encode_reply(error_reply(error.code, error.message)))
 
     def _send_and_linger(self, sock, payload):
@@ -458,184 +441,10 @@ class RelayServer(object):
     # -- a worker thread: one complete request ---------------------------------------
 
     def _serve(self, sock, client, request):
-        address = client.address
-        grant = None
-        outcome = None
         try:
-            try:
-                # Known before authorize() may refuse, so the audit line of a 1002, 2003
-                # or 2004 still says which key asked.
-                grant = authenticate(client.config, request.auth_key,
-                                     address[0] if address else "")
-                if request.is_list:
-                    code, reply = OK, list_reply([
-                        _describe(command) for command in visible_commands(client.config, grant)])
-                else:
-                    command = authorize(client.config, request, grant).command
-                    outcome = self._run(command, address, request, grant)
-                    code, reply = _reply_for(outcome, self._timeout(command),
-                                             self._cancel.is_set())
-            except RelayError as error:
-                code, reply = error.code, error_reply(error.code, error.message)
-            except Exception:
-                log.exception("internal error while serving %s %s",
-                              _format_address(address), request.command)
-                code, reply = INTERNAL_ERROR, error_reply(INTERNAL_ERROR)
-            self._audit(logging.INFO, address, grant, request, code, outcome)
-            _reply_and_close(sock, encode_reply(reply), self.options.request_timeout)
+            self._dispatcher.handle(sock, client.address, client.config, request)
         finally:
             self._release()
-
-    def _timeout(self, command):
-        timeout = command.policy.timeout
-        return self.options.timeout if timeout is None else timeout
-
-    def _run(self, command, address, request, grant):
-        """Runs an authorized command within its max_running; returns the Outcome."""
-        policy = command.policy
-        shell = self.options.shell_exec if policy.shell is None else policy.shell
-        argv = executor.build_argv(command, request.arguments, shell)
-        self._start_run(command)
-        try:
-            return executor.run(argv, self._timeout(command) or None,
-                                self.options.max_output, cwd=policy.cwd,
-                                env=self._command_env(address, request, grant),
-                                cancel=self._cancel)
-        finally:
-            self._end_run(command)
-
-    def _start_run(self, command):
-        """Counts a run of `command`; raises RelayError(3005) past its max_running."""
-        limit = command.policy.max_running
-        if limit is None:
-            return
-        with self._running_lock:
-            running = self._running.get(command.full_name, 0)
-            if running >= limit:
-                raise RelayError(ALREADY_RUNNING, "command already running (max_running "
-                                 "is %d)" % limit)
-            self._running[command.full_name] = running + 1
-
-    def _end_run(self, command):
-        if command.policy.max_running is None:
-            return
-        with self._running_lock:
-            self._running[command.full_name] -= 1
-            if not self._running[command.full_name]:
-                del self._running[command.full_name]
-
-    def _command_env(self, address, request, grant):
-        """The command's environment: ours, plus who called it (never the key itself)."""
-        env = dict(self._base_env)
-        env["USCMDRELAY_CLIENT"] = address[0] if address else ""
-        env["USCMDRELAY_CLUSTER"] = request.cluster
-        env["USCMDRELAY_COMMAND"] = request.name
-        env["USCMDRELAY_KEY"] = grant.label
-        return env
-
-    def _audit(self, level, address, grant, request, code, outcome=None):
-        with self._counts_lock:
-            self.requests += 1
-            if code != OK:
-                self.errors += 1
-        _audit(level, address, grant, request, code, outcome)
-
-
-def _describe(command):
-    """One entry of the `::list` reply."""
-    policy = command.policy
-    return {"command": command.full_name, "description": policy.description,
-            "min_args": policy.min_args, "max_args": policy.max_args}
-
-
-def _reply_for(outcome, timeout, stopping=False):
-    """Returns (code, reply object) for a command that ran."""
-    if outcome.timed_out and stopping:
-        code = COMMAND_TIMED_OUT
-        message = "command killed: the server is shutting down"
-    elif outcome.timed_out:
-        code = COMMAND_TIMED_OUT
-        message = "command timed out after %g seconds and was killed" % timeout
-    elif outcome.exit_code == 0:
-        code = OK
-        message = outcome.stdout_text().rstrip("\r\n")
-    else:
-        code = COMMAND_FAILED
-        message = (outcome.stderr_text() or outcome.stdout_text()).rstrip("\r\n")
-    return code, command_reply(code, message, outcome)
-
-
-def _reply_and_close(sock, payload, timeout):
-    """Sends the reply, then closes the connection without destroying the reply.
-
-    A blocking send with a total timeout: a client that does not read its reply within
-    `timeout` seconds loses it, and the worker moves on.
-    """
-    try:
-        sock.settimeout(timeout)
-        sock.sendall(payload)
-        sock.settimeout(LINGER_SECONDS)
-        if hasattr(sock, "unwrap"):
-            # TLS: close_notify tells the client the reply is complete, not cut off.
-            sock.unwrap()
-        sock.shutdown(socket.SHUT_WR)
-        drained = 0
-        while drained < LINGER_DRAIN_BYTES:
-            data = sock.recv(RECV_BYTES)
-            if not data:
-                break
-            drained += len(data)
-    except OSError:
-        pass
-    finally:
-        sock.close()
-
-
-class _Workers(object):
-    """Threads that run complete requests: as many as there are requests to run.
-
-    A job never waits for another to finish (the connection limit bounds how many run);
-    threads idle for WORKER_IDLE_SECONDS go away.
-    """
-
-    def __init__(self):
-        self._jobs = queue.Queue()
-        self._lock = threading.Lock()
-        self._idle = 0
-
-    def submit(self, job):
-        """Runs `job()` in a thread; raises RuntimeError if a needed thread cannot start."""
-        with self._lock:
-            if self._idle > 0:
-                self._idle -= 1
-                self._jobs.put(job)
-                return
-        # A new thread gets its first job directly: if it cannot start, nothing is queued.
-        thread = threading.Thread(target=self._work, args=(job,), name="uscmdrelay-worker")
-        thread.daemon = True
-        thread.start()
-
-    def _work(self, job):
-        while job is not None:
-            try:
-                job()
-            except Exception:
-                log.exception("internal error in a worker thread")
-            with self._lock:
-                self._idle += 1
-            job = self._next_job()
-
-    def _next_job(self):
-        """Waits for a job; returns None when this thread should retire."""
-        while True:
-            try:
-                return self._jobs.get(timeout=WORKER_IDLE_SECONDS)
-            except queue.Empty:
-                with self._lock:
-                    # Retire only if no job was promised to an idle thread meanwhile.
-                    if self._idle > 0 and self._jobs.empty():
-                        self._idle -= 1
-                        return None
 
 
 def _listen(host, port):
@@ -664,28 +473,3 @@ def _socket_name(sock):
     return name[:2] if isinstance(name, tuple) else (name, None)
 
 
-def _format_address(address):
-    if not address:
-        return "-"
-    host, port = address[0], address[1]
-    if port is None:
-        return str(host)
-    return "[%s]:%s" % (host, port) if ":" in host else "%s:%s" % (host, port)
-
-
-def _audit(level, address, grant, request, code, outcome=None):
-    """One line per request. The key itself never appears: only its label."""
-    if not log.isEnabledFor(level):
-        return
-    arguments = "-"
-    command = "-"
-    if request is not None:
-        command = json.dumps(request.command)
-        arguments = json.dumps(request.arguments)
-        if len(arguments) > LOG_ARGUMENTS_CHARS:
-            arguments = arguments[:LOG_ARGUMENTS_CHARS] + "...(%d chars)" % len(arguments)
-    log.log(level, "client=%s key=%s command=%s arguments=%s code=%d exit=%s duration_ms=%s",
-            _format_address(address), json.dumps(grant.label) if grant else "-", command,
-            arguments, code,
-            outcome.exit_code if outcome is not None else "-",
-            outcome.duration_ms if outcome is not None else "-")
