@@ -138,8 +138,11 @@ def _collect(process, started, timeout, max_output, cancel):
             exited_at = now
         if exited_at is not None and (not open_pipes or now >= exited_at + EXIT_DRAIN_SECONDS):
             break
-        if not timed_out and ((deadline is not None and now >= deadline)
-                              or (cancel is not None and cancel.is_set())):
+        # Only a command still running can time out: one that exited in time has not, even
+        # if the deadline passes while its leftovers hold the pipes and we drain them.
+        if not timed_out and exited_at is None and (
+                (deadline is not None and now >= deadline)
+                or (cancel is not None and cancel.is_set())):
             timed_out = True
             _signal_group(process.pid, signal.SIGTERM)
             kill_at = now + TERM_GRACE_SECONDS

@@ -1,0 +1,545 @@
+"""Tests for executor.run and executor.build_argv with real child processes.
+
+Every child is a small program under tests/fixtures/ (run with sys.executable) or a
+system tool; nothing is mocked. Processes a fixture leaves behind are stopped by PID in a
+cleanup, and only after checking that the PID still belongs to them.
+"""
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+from tests import support
+
+if support.SRC not in sys.path:
+    sys.path.insert(0, support.SRC)
+
+from uscmdrelay import executor  # noqa: E402
+from uscmdrelay.config import Command  # noqa: E402
+from uscmdrelay.protocol import COMMAND_NOT_STARTED, RelayError  # noqa: E402
+
+# A safety net only: a child that should finish on its own gets this long before the
+# executor kills it, so a hang shows up as a failed assertion instead of a stuck suite.
+SAFETY_TIMEOUT_SECONDS = 20.0
+# How long a process we expect dead may take to disappear (or become a zombie).
+DEATH_WAIT_SECONDS = 5.0
+# Shell metacharacters, quotes and whitespace that must reach the command literally.
+TRICKY_ARGUMENTS = [
+    "; touch injected-semicolon",
+    "$(touch injected-dollar)",
+    "`touch injected-backtick`",
+    "' ; touch injected-single-quote ; '",
+    '" ; touch injected-double-quote ; "',
+    "a b  c",
+    "line one\nline two",
+    "*",
+    "",
+    "-n",
+    "$HOME",
+    "back\\slash",
+    "~",
+    "&& touch injected-and",
+    "| touch injected-pipe",
+    "> injected-redirect",
+    "tab\there",
+    "caf\u00e9",
+]
+
+
+def fixture(name):
+    return os.path.join(support.FIXTURES, name)
+
+
+def python_fixture(name, *arguments):
+    """The argv that runs fixture `name` with this interpreter."""
+    return [sys.executable, fixture(name)] + list(arguments)
+
+
+def pattern(size, reverse=False):
+    """The bytes tests/fixtures/flood.py writes: 0..255 repeated (255..0 if reverse)."""
+    unit = bytes(bytearray(range(256)))
+    if reverse:
+        unit = unit[::-1]
+    return (unit * (size // 256 + 1))[:size]
+
+
+def _process_state(pid):
+    """The state letter from /proc/PID/stat, or None when there is no such process."""
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            stat = handle.read()
+    except (IOError, OSError):
+        return None
+    # The command name is in parentheses and may hold spaces: the state follows the last ')'.
+    return stat[stat.rindex(")") + 2]
+
+
+def _is_gone(pid):
+    """True when `pid` is not running: no such process, or a zombie awaiting its reaper.
+
+    A killed grandchild is reparented, so reaping it is not ours to do; a zombie is dead.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return _process_state(pid) in (None, "Z")
+
+
+def wait_until_gone(pid, limit=DEATH_WAIT_SECONDS):
+    """Returns True once `pid` is gone (see _is_gone), False if it still runs at `limit`."""
+    deadline = time.monotonic() + limit
+    while True:
+        if _is_gone(pid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+
+
+def _cmdline(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            return handle.read()
+    except (IOError, OSError):
+        return b""
+
+
+def kill_if_ours(pid, marker):
+    """SIGKILLs `pid` if it still runs a command line containing `marker` (bytes).
+
+    The marker check keeps a cleanup from hitting an unrelated process that reused the PID.
+    """
+    if marker in _cmdline(pid) and not _is_gone(pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def read_pid(path):
+    """The pid a fixture wrote to `path`, or None if it never did."""
+    try:
+        with open(path) as handle:
+            return int(handle.read())
+    except (IOError, OSError, ValueError):
+        return None
+
+
+class ExecutorTestCase(unittest.TestCase):
+
+    def make_temp_dir(self):
+        directory = tempfile.mkdtemp(prefix="uscmdrelay-executor-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        return directory
+
+    def pid_file(self, marker):
+        """A path for a fixture to write a helper's pid to; that helper is killed in cleanup
+        (if it still runs something matching `marker`)."""
+        path = os.path.join(self.make_temp_dir(), "pid")
+
+        def stop():
+            pid = read_pid(path)
+            if pid is not None:
+                kill_if_ours(pid, marker)
+        self.addCleanup(stop)
+        return path
+
+    def run_timed(self, argv, **kwargs):
+        """Runs executor.run; returns (outcome, seconds it took)."""
+        kwargs.setdefault("timeout", SAFETY_TIMEOUT_SECONDS)
+        started = time.monotonic()
+        outcome = executor.run(argv, **kwargs)
+        return outcome, time.monotonic() - started
+
+    def assertStartFails(self, argv, program):
+        with self.assertRaises(RelayError) as caught:
+            executor.run(argv, timeout=SAFETY_TIMEOUT_SECONDS)
+        self.assertEqual(caught.exception.code, COMMAND_NOT_STARTED)
+        self.assertIn(program, str(caught.exception.message))
+
+
+class ExitStatusAndStreams(ExecutorTestCase):
+
+    def test_exit_status_is_returned_as_exit_code(self):
+        for status in (0, 1, 3, 127, 255):
+            with self.subTest(status=status):
+                outcome, _ = self.run_timed(python_fixture("streams.py", "", "", str(status)))
+                self.assertEqual(outcome.exit_code, status)
+                self.assertFalse(outcome.timed_out)
+                self.assertFalse(outcome.truncated)
+
+    def test_stdout_and_stderr_are_captured_separately(self):
+        outcome, _ = self.run_timed(
+            python_fixture("streams.py", "to stdout\n", "to stderr\n", "3"))
+        self.assertEqual(outcome.stdout, b"to stdout\n")
+        self.assertEqual(outcome.stderr, b"to stderr\n")
+        self.assertEqual(outcome.stdout_text(), "to stdout\n")
+        self.assertEqual(outcome.stderr_text(), "to stderr\n")
+        self.assertEqual(outcome.exit_code, 3)
+
+    def test_silent_command_gives_empty_bytes(self):
+        outcome, _ = self.run_timed(["/bin/true"])
+        self.assertEqual(outcome.exit_code, 0)
+        self.assertEqual(outcome.stdout, b"")
+        self.assertEqual(outcome.stderr, b"")
+        self.assertFalse(outcome.truncated)
+
+    def test_death_by_signal_gives_negative_exit_code(self):
+        for signum in (signal.SIGKILL, signal.SIGTERM):
+            with self.subTest(signal=signum):
+                outcome, _ = self.run_timed(python_fixture("kill_self.py", str(int(signum))))
+                self.assertEqual(outcome.exit_code, -int(signum))
+                self.assertFalse(outcome.timed_out)
+                self.assertEqual(outcome.stdout, b"about to die\n")
+
+    def test_non_utf8_output_decodes_with_replacement_characters(self):
+        outcome, _ = self.run_timed(python_fixture("non_utf8.py"))
+        self.assertEqual(outcome.stdout, b"out \xff\xfe end\n")
+        self.assertEqual(outcome.stdout_text(), "out \ufffd\ufffd end\n")
+        self.assertEqual(outcome.stderr, b"err \xc3(\x80 end\n")
+        self.assertEqual(outcome.stderr_text(), "err \ufffd(\ufffd end\n")
+
+    def test_duration_ms_is_a_non_negative_number(self):
+        outcome, elapsed = self.run_timed(["/bin/true"])
+        self.assertIsInstance(outcome.duration_ms, (int, float))
+        self.assertNotIsInstance(outcome.duration_ms, bool)
+        self.assertGreaterEqual(outcome.duration_ms, 0)
+        # It measures the run, so it cannot exceed what the caller saw (plus rounding).
+        self.assertLessEqual(outcome.duration_ms, elapsed * 1000.0 + 1.0)
+
+    def test_environment_and_working_directory_are_passed_on(self):
+        directory = self.make_temp_dir()
+        outcome, _ = self.run_timed(
+            ["/bin/sh", "-c", 'printf "%s|%s" "$RELAY_TEST_VALUE" "$(pwd -P)"'],
+            env={"RELAY_TEST_VALUE": "from env", "PATH": "/usr/bin:/bin"}, cwd=directory)
+        self.assertEqual(outcome.exit_code, 0)
+        self.assertEqual(outcome.stdout_text(),
+                         "from env|%s" % os.path.realpath(directory))
+
+
+class ChildIsolation(ExecutorTestCase):
+
+    def report(self, timeout=SAFETY_TIMEOUT_SECONDS):
+        outcome, _ = self.run_timed(python_fixture("report_process.py"), timeout=timeout)
+        self.assertEqual(outcome.exit_code, 0, outcome.stderr_text())
+        self.assertFalse(outcome.timed_out, "reading stdin blocked")
+        return json.loads(outcome.stdout_text())
+
+    def test_stdin_is_dev_null_and_reads_eof_at_once(self):
+        # Our own stdin becomes a pipe whose write end stays open: a child that inherited it
+        # instead of getting /dev/null would block reading it until the timeout.
+        saved_stdin = os.dup(0)
+        self.addCleanup(os.close, saved_stdin)
+        read_end, write_end = os.pipe()
+        self.addCleanup(os.close, read_end)
+        self.addCleanup(os.close, write_end)
+        os.dup2(read_end, 0)
+        try:
+            report = self.report(timeout=5.0)
+        finally:
+            os.dup2(saved_stdin, 0)
+        self.assertEqual(report["stdin_target"], "/dev/null")
+        self.assertEqual(report["stdin_data"], "")
+
+    def test_child_leads_its_own_session_and_process_group(self):
+        report = self.report()
+        self.assertEqual(report["sid"], report["pid"])
+        self.assertEqual(report["pgid"], report["pid"])
+        self.assertNotEqual(report["sid"], os.getsid(0))
+        self.assertNotEqual(report["pgid"], os.getpgrp())
+
+    def test_child_inherits_no_descriptor_above_2(self):
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(listener.close)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.set_inheritable(True)
+        read_end, write_end = os.pipe()
+        self.addCleanup(os.close, read_end)
+        self.addCleanup(os.close, write_end)
+        os.set_inheritable(write_end, True)
+        report = self.report()
+        self.assertNotIn(listener.fileno(), report["fds"])
+        self.assertNotIn(write_end, report["fds"])
+        self.assertEqual(report["fds"], [0, 1, 2])
+
+
+class Timeout(ExecutorTestCase):
+
+    def test_sleeping_child_is_killed_at_the_timeout_with_its_output_so_far(self):
+        outcome, elapsed = self.run_timed(python_fixture("sleeper.py"), timeout=0.5)
+        self.assertTrue(outcome.timed_out)
+        self.assertEqual(outcome.exit_code, -signal.SIGTERM)
+        self.assertEqual(outcome.stdout, b"sleeping\n")
+        self.assertEqual(outcome.stderr, b"still here\n")
+        self.assertGreaterEqual(elapsed, 0.45)
+        self.assertLess(elapsed, 0.5 + 4.0)
+
+    def test_child_ignoring_sigterm_is_killed_by_sigkill_after_the_grace(self):
+        timeout = 0.5
+        outcome, elapsed = self.run_timed(
+            python_fixture("sleeper.py", "--ignore-term"), timeout=timeout)
+        self.assertTrue(outcome.timed_out)
+        self.assertEqual(outcome.exit_code, -signal.SIGKILL)
+        self.assertEqual(outcome.stdout, b"sleeping\n")
+        self.assertGreaterEqual(elapsed, timeout + executor.TERM_GRACE_SECONDS - 0.1)
+        self.assertLess(elapsed, timeout + executor.TERM_GRACE_SECONDS + 4.0)
+
+    def test_setting_cancel_ends_the_command_like_a_timeout(self):
+        cancel = threading.Event()
+        timer = threading.Timer(0.3, cancel.set)
+        timer.start()
+        self.addCleanup(timer.cancel)
+        outcome, elapsed = self.run_timed(python_fixture("sleeper.py"), cancel=cancel)
+        self.assertTrue(outcome.timed_out)
+        self.assertEqual(outcome.exit_code, -signal.SIGTERM)
+        self.assertEqual(outcome.stdout, b"sleeping\n")
+        self.assertLess(elapsed, 0.3 + 4.0)
+
+    def test_zero_or_no_timeout_means_no_limit(self):
+        for timeout in (0, None):
+            with self.subTest(timeout=timeout):
+                outcome, _ = self.run_timed(["/bin/sleep", "0.3"], timeout=timeout)
+                self.assertFalse(outcome.timed_out)
+                self.assertEqual(outcome.exit_code, 0)
+
+    def assertGrandchildDiesWithTheGroup(self, *flags):
+        pid_file = self.pid_file(b"GRANDCHILD")
+        outcome, elapsed = self.run_timed(
+            python_fixture("spawn_grandchild.py", pid_file, *flags), timeout=1.0)
+        self.assertTrue(outcome.timed_out)
+        self.assertEqual(outcome.exit_code, -signal.SIGTERM)
+        self.assertEqual(outcome.stdout, b"spawned\n")
+        self.assertLess(elapsed, 1.0 + 4.0)
+        grandchild = read_pid(pid_file)
+        self.assertIsNotNone(grandchild, "the grandchild never started")
+        self.assertTrue(wait_until_gone(grandchild),
+                        "grandchild %d still runs after the timeout" % grandchild)
+
+    def test_grandchild_dies_with_the_timed_out_command(self):
+        self.assertGrandchildDiesWithTheGroup()
+
+    def test_grandchild_ignoring_sigterm_dies_with_the_timed_out_command(self):
+        # The command itself dies of SIGTERM; its grandchild shrugs it off while holding
+        # the pipes, and must still be gone once run returns.
+        self.assertGrandchildDiesWithTheGroup("--ignore-term")
+
+    def test_shell_background_grandchild_dies_with_the_timed_out_command(self):
+        pid_file = self.pid_file(b"sleep")
+        outcome, _ = self.run_timed(
+            ["/bin/sh", "-c", 'sleep 300 & echo $! > "$1"; sleep 300', "sh", pid_file],
+            timeout=0.5)
+        self.assertTrue(outcome.timed_out)
+        grandchild = read_pid(pid_file)
+        self.assertIsNotNone(grandchild)
+        self.assertTrue(wait_until_gone(grandchild),
+                        "background sleep %d still runs after the timeout" % grandchild)
+
+
+class BackgroundChildHoldingThePipes(ExecutorTestCase):
+
+    def test_run_returns_soon_after_exit_with_the_output_written_before_it(self):
+        pid_file = self.pid_file(b"sleep")
+        outcome, elapsed = self.run_timed(python_fixture("leave_background.py", pid_file))
+        self.assertLess(elapsed, 5.0)
+        self.assertFalse(outcome.timed_out)
+        self.assertEqual(outcome.exit_code, 0)
+        self.assertEqual(outcome.stdout, b"written before exit\n")
+        self.assertEqual(outcome.stderr, b"error written before exit\n")
+        self.assertIsNotNone(read_pid(pid_file), "the background child never started")
+
+    def test_command_that_exits_before_the_timeout_is_not_reported_as_timed_out(self):
+        # The command exits at once; the deadline passes while we still drain the pipes its
+        # background child holds, and that child writes after the deadline (which wakes the
+        # loop). The command finished in time: not a timeout (not 3003).
+        pid_file = self.pid_file(b"sleep")
+        outcome, _ = self.run_timed(
+            ["/bin/sh", "-c",
+             'echo done; (sleep 0.3; echo late; exec sleep 30) & echo $! > "$1"',
+             "sh", pid_file],
+            timeout=0.2)
+        self.assertEqual(outcome.exit_code, 0)
+        self.assertTrue(outcome.stdout.startswith(b"done\n"), outcome.stdout)
+        self.assertFalse(outcome.timed_out)
+
+
+class OutputCap(ExecutorTestCase):
+
+    def flood(self, out_bytes, err_bytes, max_output):
+        outcome, _ = self.run_timed(
+            python_fixture("flood.py", str(out_bytes), str(err_bytes)), max_output=max_output)
+        # Had the child blocked on a full pipe, it would have hit the safety timeout.
+        self.assertFalse(outcome.timed_out)
+        self.assertEqual(outcome.exit_code, 0, outcome.stderr[-500:])
+        return outcome
+
+    def test_stdout_keeps_exactly_the_first_bytes_and_the_child_runs_to_the_end(self):
+        outcome = self.flood(5 * 1024 * 1024, 0, 1000)
+        self.assertEqual(outcome.stdout, pattern(1000))
+        self.assertEqual(outcome.stderr, b"")
+        self.assertTrue(outcome.truncated)
+
+    def test_stderr_is_capped_too(self):
+        outcome = self.flood(10, 5 * 1024 * 1024, 1000)
+        self.assertEqual(outcome.stdout, pattern(10))
+        self.assertEqual(outcome.stderr, pattern(1000, reverse=True))
+        self.assertTrue(outcome.truncated)
+
+    def test_streams_are_capped_independently(self):
+        outcome = self.flood(3 * 1024 * 1024, 2 * 1024 * 1024, 70000)
+        self.assertEqual(outcome.stdout, pattern(70000))
+        self.assertEqual(outcome.stderr, pattern(70000, reverse=True))
+        self.assertTrue(outcome.truncated)
+
+    def test_output_exactly_at_the_cap_is_not_truncated(self):
+        outcome = self.flood(1000, 1000, 1000)
+        self.assertEqual(outcome.stdout, pattern(1000))
+        self.assertEqual(outcome.stderr, pattern(1000, reverse=True))
+        self.assertFalse(outcome.truncated)
+
+    def test_one_byte_past_the_cap_is_truncated(self):
+        outcome = self.flood(1001, 0, 1000)
+        self.assertEqual(outcome.stdout, pattern(1000))
+        self.assertTrue(outcome.truncated)
+
+    def test_max_output_zero_keeps_nothing(self):
+        outcome = self.flood(100000, 100000, 0)
+        self.assertEqual(outcome.stdout, b"")
+        self.assertEqual(outcome.stderr, b"")
+        self.assertTrue(outcome.truncated)
+
+    def test_max_output_zero_with_no_output_is_not_truncated(self):
+        outcome = self.flood(0, 0, 0)
+        self.assertFalse(outcome.truncated)
+
+
+class StartFailures(ExecutorTestCase):
+
+    def test_missing_program_raises_3002(self):
+        self.assertStartFails(["/nonexistent/program", "x"], "/nonexistent/program")
+
+    def test_program_not_on_path_raises_3002(self):
+        name = "uscmdrelay-no-such-program-%d" % os.getpid()
+        self.assertStartFails([name], name)
+
+    def test_file_without_execute_bit_raises_3002(self):
+        path = os.path.join(self.make_temp_dir(), "script")
+        with open(path, "w") as handle:
+            handle.write("#!/bin/sh\necho should not run\n")
+        os.chmod(path, 0o644)
+        self.assertStartFails([path], path)
+
+    def test_directory_raises_3002(self):
+        directory = self.make_temp_dir()
+        self.assertStartFails([directory], directory)
+
+    def test_executable_that_is_not_a_program_raises_3002(self):
+        path = os.path.join(self.make_temp_dir(), "not-a-program")
+        with open(path, "wb") as handle:
+            handle.write(b"\x00\x01\x02 this is no executable format\n")
+        os.chmod(path, 0o755)
+        self.assertStartFails([path], path)
+
+    def test_one_huge_argument_raises_3002(self):
+        self.assertStartFails(["/bin/echo", "x" * (3 * 1024 * 1024)], "/bin/echo")
+
+    def test_arguments_totalling_more_than_arg_max_raise_3002(self):
+        arg_max = os.sysconf("SC_ARG_MAX")
+        if arg_max <= 0 or arg_max > 64 * 1024 * 1024:
+            self.skipTest("ARG_MAX is %d here" % arg_max)
+        # Each argument stays below the per-string limit (128 KiB on Linux).
+        argument = "y" * 100000
+        arguments = [argument] * (arg_max // len(argument) + 2)
+        self.assertStartFails(["/bin/echo"] + arguments, "/bin/echo")
+
+    def test_message_names_the_program_but_not_the_arguments(self):
+        with self.assertRaises(RelayError) as caught:
+            executor.run(["/nonexistent/program", "secret-looking-argument"])
+        self.assertNotIn("secret-looking-argument", caught.exception.message)
+
+
+class BuildArgv(ExecutorTestCase):
+
+    def echo_args_command(self, suffix=""):
+        line = "%s %s%s" % (shlex.quote(sys.executable), shlex.quote(fixture("echo_args.py")),
+                            suffix)
+        return Command("default", "echo-args", line, shlex.split(line))
+
+    def run_in_empty_dir(self, argv):
+        """Runs argv in a fresh empty directory; returns (outcome, what the dir holds after)."""
+        directory = self.make_temp_dir()
+        outcome, _ = self.run_timed(argv, cwd=directory)
+        return outcome, sorted(os.listdir(directory))
+
+    def test_without_shell_argv_is_the_configured_argv_plus_arguments(self):
+        command = Command("default", "p", "printf '%s\\n' fixed", ["printf", "%s\\n", "fixed"])
+        argv = executor.build_argv(command, ["a b", "; id"])
+        self.assertEqual(argv, ["printf", "%s\\n", "fixed", "a b", "; id"])
+        self.assertEqual(command.argv, ["printf", "%s\\n", "fixed"], "configured argv changed")
+
+    def test_without_shell_no_arguments_gives_the_configured_argv(self):
+        command = Command("default", "t", "/bin/true", ["/bin/true"])
+        self.assertEqual(executor.build_argv(command, []), ["/bin/true"])
+
+    def test_with_shell_argv_is_sh_c_with_quoted_arguments(self):
+        command = Command("default", "p", "printf '%s\\n' fixed", ["printf", "%s\\n", "fixed"])
+        argv = executor.build_argv(command, ["a b", "; id", "$(id)"], shell=True)
+        self.assertEqual(argv, ["/bin/sh", "-c",
+                                "printf '%s\\n' fixed 'a b' '; id' '$(id)'"])
+
+    def test_with_shell_and_no_arguments_the_line_runs_as_configured(self):
+        command = Command("default", "p", "echo one | tr o O", ["echo", "one", "|", "tr"])
+        argv = executor.build_argv(command, [], shell=True)
+        self.assertEqual(argv, ["/bin/sh", "-c", "echo one | tr o O"])
+        outcome, _ = self.run_timed(argv)
+        self.assertEqual(outcome.stdout, b"One\n")
+
+    def test_arguments_reach_argv_literally_without_shell(self):
+        argv = executor.build_argv(self.echo_args_command(), TRICKY_ARGUMENTS)
+        outcome, left_behind = self.run_in_empty_dir(argv)
+        self.assertEqual(outcome.exit_code, 0, outcome.stderr_text())
+        self.assertEqual(json.loads(outcome.stdout_text()), TRICKY_ARGUMENTS)
+        self.assertEqual(left_behind, [])
+
+    def test_arguments_reach_argv_literally_with_shell_exec(self):
+        argv = executor.build_argv(self.echo_args_command(), TRICKY_ARGUMENTS, shell=True)
+        outcome, left_behind = self.run_in_empty_dir(argv)
+        self.assertEqual(outcome.exit_code, 0, outcome.stderr_text())
+        self.assertEqual(json.loads(outcome.stdout_text()), TRICKY_ARGUMENTS)
+        self.assertEqual(left_behind, [], "an argument ran as shell syntax")
+
+    def test_each_tricky_argument_alone_arrives_literally_with_shell_exec(self):
+        for argument in TRICKY_ARGUMENTS:
+            with self.subTest(argument=argument):
+                argv = executor.build_argv(self.echo_args_command(), [argument], shell=True)
+                outcome, left_behind = self.run_in_empty_dir(argv)
+                self.assertEqual(json.loads(outcome.stdout_text()), [argument])
+                self.assertEqual(left_behind, [])
+
+    def test_shell_printf_prints_each_argument_literally(self):
+        command = Command("default", "p", "printf '%s\\n'", ["printf", "%s\\n"])
+        arguments = ["; id", "$(id)", "`id`", "it's", 'say "hi"', "a  b", "*"]
+        argv = executor.build_argv(command, arguments, shell=True)
+        outcome, left_behind = self.run_in_empty_dir(argv)
+        self.assertEqual(outcome.stdout_text(), "".join(a + "\n" for a in arguments))
+        self.assertEqual(left_behind, [])
+
+    def test_configured_shell_syntax_works_and_arguments_follow_it(self):
+        command = Command("default", "p", "printf 'configured|'; printf '%s|'",
+                          ["printf", "configured|;", "printf", "%s|"])
+        argv = executor.build_argv(command, ["a b", "; id"], shell=True)
+        outcome, _ = self.run_timed(argv)
+        self.assertEqual(outcome.stdout_text(), "configured|a b|; id|")
+
+
+if __name__ == "__main__":
+    unittest.main()
