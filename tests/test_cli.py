@@ -75,7 +75,7 @@ class ConfigtestTest(unittest.TestCase):
         directory = support.make_config_dir(self, auth=auth, relays="[default]\nt = true\n")
         result = run_cli(["--config-dir", directory, "configtest"])
         self.assertEqual(result.returncode, 0, result.stderr)
-        self.assertIn("auth_clusters: cluster 'nosuch' is not defined in relays.conf",
+        self.assertIn("auth_clusters: cluster 'nosuch' is not defined in any relays file",
                       result.stdout)
         self.assertNotIn(support.KEY, result.stdout + result.stderr)
 

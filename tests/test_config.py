@@ -10,7 +10,7 @@ import tempfile
 import unittest
 
 from tests import support
-from uscmdrelay import config
+from uscmdrelay import config, keys
 from uscmdrelay.config import ConfigError
 
 RELAYS = "/etc/uscmdrelay/relays.conf"
@@ -236,7 +236,7 @@ class AuthConfTest(unittest.TestCase):
                  ("*", "*"), (" * ", "*"), ("*,", "*")]
         for value, expected in cases:
             with self.subTest(value=value):
-                self.assertEqual(config.parse_cluster_list(value, AUTH, HIDDEN), expected)
+                self.assertEqual(keys.parse_cluster_list(value, AUTH, HIDDEN), expected)
 
     def test_grants_are_keyed_by_the_case_sensitive_key(self):
         other = KEY.upper()
@@ -389,7 +389,7 @@ class LoadConfigTest(unittest.TestCase):
         auth_path = os.path.join(directory, "auth.conf")
         loaded = config.load_config(directory)
         self.assertEqual(loaded.warnings, [
-            "%s: [%s] auth_clusters: cluster 'nosuch' is not defined in relays.conf"
+            "%s: [%s] auth_clusters: cluster 'nosuch' is not defined in any relays file"
             % (auth_path, HIDDEN),
             "%s: [default] abs: '/nonexistent/uscmdrelay-program' is not an executable file"
             % relays_path,
@@ -405,7 +405,7 @@ class LoadConfigTest(unittest.TestCase):
         directory = self.make_dir(relays=relays_text)
         loaded = config.load_config(directory, shell_exec=True)
         self.assertEqual(loaded.warnings, [
-            "%s: [%s] auth_clusters: cluster 'nosuch' is not defined in relays.conf"
+            "%s: [%s] auth_clusters: cluster 'nosuch' is not defined in any relays file"
             % (os.path.join(directory, "auth.conf"), HIDDEN)])
 
     def test_clean_config_has_no_warnings(self):

@@ -4,7 +4,7 @@ Sans-IO: `authorize` takes a loaded `Config` and a `Request` and returns what to
 raises the `RelayError` to answer with. It never runs anything and never logs the key.
 """
 
-from .config import key_digest
+from .keys import key_digest
 from .protocol import (ADDRESS_NOT_ALLOWED, AUTH_FAILED, CLUSTER_NOT_ALLOWED,
                        UNKNOWN_CLUSTER, UNKNOWN_COMMAND, RelayError)
 
@@ -19,9 +19,8 @@ class Decision(object):
         self.command = command
 
 
-def authenticate(config, auth_key, client_address=None):
-    """Returns the KeyGrant for `auth_key`, or raises RelayError(1001); then 1003 if the
-    key has `allowed_hosts` and `client_address` (text) is not among them.
+def authenticate(config, auth_key):
+    """Returns the KeyGrant for `auth_key`, or raises RelayError(1001).
 
     Keys are looked up by their sha256 digest, plain and hashed keys alike: the time
     taken depends on the digest, not on how many leading characters of a secret a guess
@@ -30,9 +29,14 @@ def authenticate(config, auth_key, client_address=None):
     grant = config.keys.get(key_digest(auth_key))
     if grant is None:
         raise RelayError(AUTH_FAILED, "authentication failed")
-    if client_address is not None and not grant.allows_address(client_address):
-        raise RelayError(ADDRESS_NOT_ALLOWED)
     return grant
+
+
+def check_client_address(grant, client_address):
+    """Raises RelayError(1003) if the key has `allowed_hosts` and `client_address`
+    (text) is not among them."""
+    if not grant.allows_address(client_address):
+        raise RelayError(ADDRESS_NOT_ALLOWED)
 
 
 def authorize(config, request, grant=None):

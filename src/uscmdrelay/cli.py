@@ -102,6 +102,9 @@ def build_parser():
                                  "(for Ansible's validate:)")
     configtest.add_argument("--auth", metavar="FILE",
                             help="check FILE as if it were the config dir's auth.conf")
+    configtest.add_argument("--user", metavar="USER",
+                            help="check that auth files belong to USER (name or uid), the "
+                                 "user the server will run as (default: the current user)")
     configtest.add_argument("--dropin", metavar="NAME", nargs="?", const=True,
                             default=False,
                             help="with --relays/--auth: check FILE as the drop-in "
@@ -116,7 +119,7 @@ def build_parser():
     init.add_argument("--hashed", action="store_true",
                       help="store only the key's sha256 hash in auth.conf")
     call = commands.add_parser(
-        "call", help="run a command on a uscmdrelay server, like ssh host cmd",
+        "call", allow_abbrev=False, help="run a command on a uscmdrelay server, like ssh host cmd",
         description="Run COMMAND on a uscmdrelay server and print its output. The key "
                     "comes from $USCMDRELAY_AUTH_KEY or --key-file. Exit status: the "
                     "command's (128+N if killed by signal N), or 255 for a relay error.")
@@ -140,7 +143,18 @@ def _add_config_dir(subparser, default_text=""):
 
 def main(argv=None):
     """Runs the command line; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    remote_arguments = None
+    if "call" in argv:
+        # The remote command's words must reach it untouched, '--' included: set them
+        # aside before argparse, which would take a '--' as its own.
+        from .client import split_argv
+        at = argv.index("call") + 1
+        options, command, remote_arguments = split_argv(argv[at:])
+        argv = argv[:at] + options + ([command] if command is not None else [])
     args = build_parser().parse_args(argv)
+    if remote_arguments is not None:
+        args.arguments = remote_arguments
     if args.subcommand == "configtest":
         return configtest(args)
     if args.subcommand == "init":
@@ -158,10 +172,16 @@ def configtest(args):
     if args.dropin and not (args.relays or args.auth):
         print("uscmdrelay: --dropin goes with --relays FILE or --auth FILE", file=sys.stderr)
         return EXIT_CONFIG
+    if isinstance(args.dropin, str) and (not args.dropin.endswith(".conf")
+                                         or args.dropin.startswith(".")):
+        print("uscmdrelay: --dropin %s: drop-in files are read only if their name ends in "
+              "'.conf' and does not start with '.'" % args.dropin, file=sys.stderr)
+        return EXIT_CONFIG
     try:
+        owner = _user_id(args.user)
         config = load_config(args.config_dir or find_config_dir(),
                              shell_exec=args.shell_exec, relays_file=args.relays,
-                             auth_file=args.auth, dropin=args.dropin)
+                             auth_file=args.auth, dropin=args.dropin, owner=owner)
     except ConfigError as error:
         print("Config error: %s" % error, file=sys.stderr)
         return EXIT_CONFIG
@@ -176,6 +196,20 @@ def configtest(args):
         print()
         _print_commands(config, args)
     return EXIT_OK
+
+
+def _user_id(user):
+    """The uid for --user (a name or a number); None without it. Raises ConfigError."""
+    if user is None:
+        return None
+    if user.isdigit():
+        return int(user)
+    import pwd
+    from .config import ConfigError
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        raise ConfigError("--user", "no such user %r" % user)
 
 
 def _print_commands(config, args):
@@ -236,7 +270,7 @@ def init(args):
 
 
 def hash_key(args):
-    from .config import HASHED_KEY_PREFIX, key_digest
+    from .keys import HASHED_KEY_PREFIX, key_digest
     from .init_config import generate_key
     if args.generate:
         key = generate_key()

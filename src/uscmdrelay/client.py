@@ -6,7 +6,6 @@ command from running or finishing (refused key, unknown command, timeout, busy s
 connection or TLS failure) prints `uscmdrelay: <message> (code N)` and exits 255.
 """
 
-import argparse
 import json
 import os
 import socket
@@ -18,6 +17,9 @@ from .protocol import COMMAND_FAILED, LIST_COMMAND, OK
 EXIT_RELAY_ERROR = 255
 EXIT_USAGE = 2
 KEY_VARIABLE = "USCMDRELAY_AUTH_KEY"
+# call's options that take a value (split_argv must skip the value).
+VALUE_OPTIONS = ("--host", "--port", "--timeout", "--key-file", "--tls-ca", "--tls-cert",
+                 "--tls-key", "--tls-server-name")
 MAX_REPLY_BYTES = 64 * 1024 * 1024
 
 
@@ -57,8 +59,9 @@ def add_arguments(parser):
                              "(default: --host)")
     parser.add_argument("command", nargs="?", metavar="COMMAND",
                         help="'name' or 'cluster::name'")
-    # REMAINDER: everything after COMMAND is the command's, even words starting with '-'.
-    parser.add_argument("arguments", nargs=argparse.REMAINDER, metavar="ARG")
+    # Only for --help: main() sets the arguments aside before argparse (split_argv).
+    parser.add_argument("arguments", nargs="*", metavar="ARG",
+                        help="passed to the command as they are, '--' and '-x' included")
 
 
 def run_call(args, stdout=None, stderr=None):
@@ -73,17 +76,17 @@ def run_call(args, stdout=None, stderr=None):
     except CallError as error:
         stderr.write("uscmdrelay: %s\n" % error)
         return EXIT_USAGE
-    request = {"auth_key": key, "command": LIST_COMMAND if args.list else args.command}
+    request = {"auth_key": key,
+               "command": LIST_COMMAND if args.list else _utf8(args.command)}
     if not args.list:
-        request["arguments"] = args.arguments
+        request["arguments"] = [_utf8(argument) for argument in args.arguments]
     try:
         raw, reply = exchange(args, request)
     except CallError as error:
         stderr.write("uscmdrelay: %s\n" % error)
         return EXIT_RELAY_ERROR
     if args.json:
-        stdout.write(raw.decode("utf-8", "replace"))
-        stdout.flush()
+        _write(stdout, raw.decode("utf-8", "replace"))
     elif args.list and reply.get("code") == OK:
         _print_list(reply.get("commands") or [], stdout)
         return 0
@@ -92,6 +95,32 @@ def run_call(args, stdout=None, stderr=None):
     if args.json and args.list and reply.get("code") == OK:
         return 0
     return exit_status(reply, stderr, quiet=args.json)
+
+
+def _utf8(word):
+    """A command-line word as the user typed it: in a C locale Python decodes argv as
+    ASCII with surrogate escapes, which would reach the server as invalid text."""
+    return os.fsencode(word).decode("utf-8", "replace")
+
+
+def split_argv(tokens):
+    """Splits `call`'s words into (options, COMMAND or None, arguments).
+
+    argparse would take a `--` meant for the remote command as its own, so everything
+    from COMMAND on is set aside before argparse sees the options.
+    """
+    for index, token in enumerate(tokens):
+        if token == "--":
+            rest = tokens[index + 1:]
+            return tokens[:index], (rest[0] if rest else None), rest[1:]
+        if token.startswith("-") and token != "-":
+            if "=" not in token and token in VALUE_OPTIONS:
+                continue  # its value is the next word: skipped as it is not an option
+            continue
+        if index > 0 and tokens[index - 1] in VALUE_OPTIONS:
+            continue
+        return tokens[:index], token, tokens[index + 1:]
+    return tokens, None, []
 
 
 def read_key(key_file):
@@ -196,10 +225,20 @@ def _write_output(reply, stdout, stderr):
     """Writes the command's own output, as it was, when the command ran."""
     if "exit_code" not in reply:
         return
-    for stream, text in ((stdout, reply.get("stdout") or ""),
-                         (stderr, reply.get("stderr") or "")):
+    _write(stdout, reply.get("stdout") or "")
+    _write(stderr, reply.get("stderr") or "")
+
+
+def _write(stream, text):
+    """Writes `text` as UTF-8 whatever the locale (LC_ALL=C must not turn a command's
+    'é' into a UnicodeEncodeError), and flushes."""
+    binary = getattr(stream, "buffer", None)
+    if binary is None:
         stream.write(text)
+    else:
         stream.flush()
+        binary.write(text.encode("utf-8", "replace"))
+    stream.flush()
 
 
 def exit_status(reply, stderr, quiet=False):
@@ -226,4 +265,4 @@ def _print_list(commands, stdout):
         rows.append((entry.get("command", ""), count, entry.get("description") or ""))
     width = max(len(row[0]) for row in rows)
     for name, count, description in rows:
-        stdout.write(("%-*s  %-5s  %s" % (width, name, count, description)).rstrip() + "\n")
+        _write(stdout, ("%-*s  %-5s  %s" % (width, name, count, description)).rstrip() + "\n")

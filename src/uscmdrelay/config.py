@@ -1,20 +1,27 @@
-"""Finding, loading and validating the configuration: auth.conf and relays.conf.
+"""Finding, loading and validating the configuration: relays.conf, auth.conf and their
+drop-in directories.
 
 Everything a user can get wrong in these files becomes a `ConfigError` whose text names the
 file, the section and the option, and says how to fix it; it is what `configtest` prints and
-what stops the server from starting. This module only reads files: it runs nothing.
+what stops the server from starting. This module parses relays.conf itself; auth.conf's
+meaning lives in `keys`, the INI rules in `ini`. It only reads files: it runs nothing.
 """
 
-import configparser
-import hashlib
-import ipaddress
 import os
-import re
 import shlex
 import shutil
-import stat
 
+from .ini import ConfigError, read_ini, read_ini_file, reason
+from .keys import (ALL_CLUSTERS, HASHED_KEY_PREFIX, KeyGrant, check_auth_file_mode,
+                   key_digest, key_fingerprint, parse_auth, warn_about_references)
 from .policy import SETTINGS, Policy
+
+# The configuration's API, auth.conf's and the INI rules' parts included, so callers
+# need one import.
+__all__ = ["ALL_CLUSTERS", "AUTH_FILE", "Command", "Config", "ConfigError",
+           "HASHED_KEY_PREFIX", "KeyGrant", "RELAYS_FILE", "config_files",
+           "find_config_dir", "key_digest", "key_fingerprint", "load_config", "parse_auth",
+           "parse_relays", "read_ini", "split_command_line"]
 
 AUTH_FILE = "auth.conf"
 RELAYS_FILE = "relays.conf"
@@ -23,27 +30,7 @@ RELAYS_DROPIN_DIR = "relays.d"
 DROPIN_SUFFIX = ".conf"
 SEARCH_PATH = ("/etc/uscmdrelay", "/etc/opt/uscmdrelay", "~/.config/uscmdrelay")
 
-ALL_CLUSTERS = "*"
-AUTH_OPTIONS = ("auth_clusters", "description", "allowed_hosts")
-HASHED_KEY_PREFIX = "sha256:"
-_HASHED_KEY = re.compile(r"sha256:([0-9a-f]{64})\Z")
-WEAK_KEY_CHARS = 16
 
-# ConfigParser treats its default section specially (its options leak into every other
-# section). A name nobody can type keeps [DEFAULT] an ordinary section we can refuse.
-_NO_DEFAULT_SECTION = "\x00no default section"
-
-
-class ConfigError(Exception):
-    """A configuration problem; str() is the one line the user sees after 'Config error: '."""
-
-    def __init__(self, path, problem, section=None, option=None):
-        place = path
-        if section is not None:
-            place += ": [%s]" % section
-            if option is not None:
-                place += " %s" % option
-        Exception.__init__(self, "%s: %s" % (place, problem))
 
 
 class Command(object):
@@ -63,37 +50,6 @@ class Command(object):
     @property
     def full_name(self):
         return self.cluster + "::" + self.name
-
-
-class KeyGrant(object):
-    """What one auth key may do: `clusters` (a frozenset, or ALL_CLUSTERS), `networks`
-    (the client addresses it may come from; None for any) and its log `label`."""
-
-    __slots__ = ("label", "clusters", "networks", "section", "path")
-
-    def __init__(self, label, clusters, networks=None, section=None, path=None):
-        self.label = label
-        self.clusters = clusters
-        self.networks = networks
-        self.section = section or label  # how messages name its section: never the key
-        self.path = path  # the file that defines it
-
-    def allows(self, cluster):
-        return self.clusters == ALL_CLUSTERS or cluster in self.clusters
-
-    def allows_address(self, address):
-        """True if a client at `address` (text) may use this key."""
-        if self.networks is None:
-            return True
-        try:
-            ip = ipaddress.ip_address(address.split("%", 1)[0])
-        except ValueError:
-            return False
-        # An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
-        if ip.version == 6 and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip.version == network.version and ip in network
-                   for network in self.networks)
 
 
 class Config(object):
@@ -116,16 +72,6 @@ class Config(object):
         return sum(len(commands) for commands in self.clusters.values())
 
 
-def key_digest(key):
-    """Returns the sha256 digest (bytes) under which a key is stored and looked up."""
-    return hashlib.sha256(key.encode("utf-8")).digest()
-
-
-def key_fingerprint(key):
-    """A short name for a key with no description, safe to log: it does not reveal the key."""
-    return "sha256:" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
-
-
 def find_config_dir(search_path=SEARCH_PATH):
     """Returns the first directory of `search_path` that holds a configuration file
     (auth.conf, relays.conf) or drop-in directory (auth.d, relays.d).
@@ -144,13 +90,14 @@ def find_config_dir(search_path=SEARCH_PATH):
 
 
 def load_config(directory, shell_exec=False, relays_file=None, auth_file=None,
-                dropin=False):
+                dropin=False, owner=None):
     """Loads and validates the configuration in `directory`; returns a `Config`.
 
     That is auth.conf then auth.d/*.conf, and relays.conf then relays.d/*.conf (each in
     lexical order). `relays_file`/`auth_file` stand in for relays.conf/auth.conf, or with
     `dropin` (True, or the name it will be installed under) for a drop-in: how
-    configtest checks a file before it is installed. Raises ConfigError.
+    configtest checks a file before it is installed. Auth files must belong to `owner`
+    (a uid; default: this process' user). Raises ConfigError.
     """
     warnings = []
     relays_paths = config_files(directory, RELAYS_FILE, RELAYS_DROPIN_DIR, relays_file,
@@ -164,19 +111,19 @@ def load_config(directory, shell_exec=False, relays_file=None, auth_file=None,
         if auth_file is None:
             auth_paths = _existing(auth_paths, warnings)
     clusters = _merge(relays_paths, lambda path: parse_relays(
-        _read_ini(path), path, allow_empty=True), lambda cluster: "[%s]" % cluster)
+        read_ini_file(path), path, allow_empty=True), lambda cluster: "[%s]" % cluster)
     if not clusters and (relays_paths or relays_file is None and auth_file is None):
         raise ConfigError(relays_paths[0] if relays_paths else
                           os.path.join(directory, RELAYS_FILE),
                           "no clusters defined; add a section such as [default] "
                           "with a line 'name = command'")
-    keys = _merge(auth_paths, lambda path: _parse_auth_file(path, warnings),
+    keys = _merge(auth_paths, lambda path: _parse_auth_file(path, warnings, owner),
                   lambda digest: "[key sha256:%s]" % digest.hex()[:12])
     if not keys:
         warnings.append("%s: no keys defined; every request will be refused"
                         % (auth_paths[0] if auth_paths else os.path.join(directory,
                                                                           AUTH_FILE)))
-    _warn_about_references(keys, clusters, AUTH_FILE, warnings)
+    warn_about_references(keys, clusters, AUTH_FILE, "any relays file", warnings)
     if not shell_exec:
         _warn_about_executables(clusters, warnings)
     return Config(directory, keys, clusters, warnings, relays_paths + auth_paths)
@@ -196,7 +143,7 @@ def config_files(directory, main_name, dropin_name, replacement=None, dropin=Fal
     except FileNotFoundError:
         names = None
     except OSError as error:
-        raise ConfigError(dropin_dir, "cannot list: %s" % _reason(error))
+        raise ConfigError(dropin_dir, "cannot list: %s" % reason(error))
     dropins = [os.path.join(dropin_dir, name) for name in names or ()]
     if replacement is not None and dropin:
         # Checked as if installed in the drop-in directory, under the name `dropin` (or
@@ -235,78 +182,9 @@ def _merge(paths, parse_file, describe):
     return merged
 
 
-def _parse_auth_file(path, warnings):
-    check_auth_file_mode(path)
-    return parse_auth(_read_ini(path, secret=True), path, warnings, allow_empty=True)
-
-
-# ---------------------------------------------------------------------------------------
-# Reading INI
-
-def new_parser():
-    """A ConfigParser with the rules both files share (no interpolation, '=' only, ...)."""
-    parser = configparser.ConfigParser(
-        interpolation=None, strict=True, delimiters=("=",), comment_prefixes=("#", ";"),
-        inline_comment_prefixes=None, empty_lines_in_values=False,
-        default_section=_NO_DEFAULT_SECTION)
-    parser.optionxform = str
-    return parser
-
-
-def _read_ini(path, secret=False):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return read_ini(handle, path, secret)
-    except FileNotFoundError:
-        raise ConfigError(path, "file not found")
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(path, "cannot read: %s" % _reason(error))
-
-
-def read_ini(handle, path, secret=False):
-    """Parses an open file; returns the ConfigParser or raises ConfigError.
-
-    With `secret` (auth.conf, whose section names are keys) messages name a section by its
-    fingerprint and never quote a line, which may be a key typed without its brackets.
-    """
-    parser = new_parser()
-    text = handle.read()
-    try:
-        parser.read_string(text, source=path)
-    except configparser.DuplicateSectionError as error:
-        raise ConfigError(path, "line %s: section [%s] is defined twice"
-                          % (error.lineno, _section_name(error.section, secret)))
-    except configparser.DuplicateOptionError as error:
-        raise ConfigError(path, "line %s: option is defined twice" % error.lineno,
-                          _section_name(error.section, secret), error.option)
-    except configparser.MissingSectionHeaderError as error:
-        raise ConfigError(path, "line %s: %s is outside any [section]"
-                          % (error.lineno, _quote_line(error.line, secret)))
-    except configparser.ParsingError as error:
-        # Python < 3.13 keeps repr(line) in .errors, 3.13 the line itself: so the line is
-        # taken from the text, for the same message on every version.
-        lineno = error.errors[0][0]
-        raise ConfigError(path, "line %s: %s is not 'name = value'"
-                          % (lineno, _quote_line(text.split("\n")[lineno - 1], secret)))
-    except configparser.Error as error:
-        raise ConfigError(path, _reason(error))
-    if parser.has_section("DEFAULT"):
-        raise ConfigError(path, "a [DEFAULT] section is not supported "
-                          "(the default cluster is spelled [default])", "DEFAULT")
-    return parser
-
-
-def _section_name(section, secret):
-    return _hide(section) if secret else section
-
-
-def _quote_line(line, secret):
-    return "this line" if secret else repr(line.strip())
-
-
-def _reason(error):
-    text = getattr(error, "strerror", None) or getattr(error, "message", None) or str(error)
-    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+def _parse_auth_file(path, warnings, owner):
+    check_auth_file_mode(path, owner)
+    return parse_auth(read_ini_file(path, secret=True), path, warnings, allow_empty=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -396,118 +274,3 @@ def _warn_about_executables(clusters, warnings):
                     "" if os.sep in program else " on PATH"))
 
 
-# ---------------------------------------------------------------------------------------
-# auth.conf
-
-def check_auth_file_mode(path):
-    """Refuses an auth.conf that another user could read or write, like sshd's StrictModes."""
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        raise ConfigError(path, "file not found")
-    except OSError as error:
-        raise ConfigError(path, "cannot read: %s" % _reason(error))
-    mode = stat.S_IMODE(info.st_mode)
-    if info.st_uid != os.geteuid():
-        raise ConfigError(path, "owned by uid %d, but uscmdrelay runs as uid %d; "
-                          "chown it to that user and chmod 600 it"
-                          % (info.st_uid, os.geteuid()))
-    if mode & 0o077:
-        raise ConfigError(path, "mode %04o lets group or others access the keys; "
-                          "run chmod 600 %s" % (mode, path))
-
-
-def parse_auth(parser, path, warnings, allow_empty=False):
-    """Returns {sha256 digest: KeyGrant} from a parsed auth.conf; raises ConfigError.
-
-    A section is a key, or `sha256:<64 hex digits>`, the digest of one (a hashed key).
-    A file with no key gets a warning unless `allow_empty` (the caller checks the total).
-    """
-    keys = {}
-    for key in parser.sections():
-        name = _hide(key)
-        if key != key.strip() or not key:
-            raise ConfigError(path, "an auth key may not start or end with white space",
-                              name)
-        for option in parser.options(key):
-            if option not in AUTH_OPTIONS:
-                raise ConfigError(path, "unknown option (expected one of: %s)"
-                                  % ", ".join(AUTH_OPTIONS), name, option)
-        if not parser.has_option(key, "auth_clusters"):
-            raise ConfigError(path, "missing; list the clusters this key may use, or '*' "
-                              "for all", name, "auth_clusters")
-        clusters = parse_cluster_list(parser.get(key, "auth_clusters"), path, name)
-        networks = None
-        if parser.has_option(key, "allowed_hosts"):
-            networks = parse_networks(parser.get(key, "allowed_hosts"), path, name)
-        digest = _section_digest(key, path, warnings)
-        if digest in keys:
-            raise ConfigError(path, "this key is defined twice (plain and hashed?)", name)
-        description = parser.get(key, "description", fallback="").strip()
-        keys[digest] = KeyGrant(description or name[len("key "):], clusters, networks, name,
-                                path)
-    if not keys and not allow_empty:
-        warnings.append("%s: no keys defined; every request will be refused" % path)
-    return keys
-
-
-def _section_digest(key, path, warnings):
-    """The digest a section stands for: its own for a hashed key, else the key's."""
-    if key.startswith(HASHED_KEY_PREFIX):
-        match = _HASHED_KEY.match(key)
-        if match is None:
-            raise ConfigError(path, "a hashed key is 'sha256:' and 64 lowercase hex digits "
-                              "(uscmdrelay hash-key prints one)", _hide(key))
-        return bytes.fromhex(match.group(1))
-    if len(key) < WEAK_KEY_CHARS:
-        warnings.append("%s: [%s] the key is shorter than %d characters; use a long "
-                        "random key" % (path, _hide(key), WEAK_KEY_CHARS))
-    return key_digest(key)
-
-
-def parse_networks(value, path, section):
-    """Returns a tuple of ip_network from `allowed_hosts`; raises ConfigError."""
-    entries = value.replace(",", " ").split()
-    if not entries:
-        raise ConfigError(path, "empty; list addresses or networks (or remove the line to "
-                          "allow any address)", section, "allowed_hosts")
-    networks = []
-    for entry in entries:
-        try:
-            networks.append(ipaddress.ip_network(entry, strict=False))
-        except ValueError:
-            raise ConfigError(path, "%r is not an IP address or network" % entry,
-                              section, "allowed_hosts")
-    return tuple(networks)
-
-
-def parse_cluster_list(value, path, section):
-    """Returns frozenset of cluster names, or ALL_CLUSTERS; raises ConfigError."""
-    names = value.replace(",", " ").split()
-    if not names:
-        raise ConfigError(path, "empty; list the clusters this key may use, or '*' for all",
-                          section, "auth_clusters")
-    if ALL_CLUSTERS in names:
-        if len(names) > 1:
-            raise ConfigError(path, "'*' means all clusters and cannot be combined with "
-                              "names", section, "auth_clusters")
-        return ALL_CLUSTERS
-    return frozenset(names)
-
-
-def _hide(key):
-    """How messages name a key's section: never the key, only a fingerprint of it (a
-    hashed key's section is its own fingerprint already)."""
-    match = _HASHED_KEY.match(key)
-    if match is not None:
-        return "key %s%s" % (HASHED_KEY_PREFIX, match.group(1)[:12])
-    return "key %s" % key_fingerprint(key)
-
-
-def _warn_about_references(keys, clusters, path, warnings):
-    for grant in sorted(keys.values(), key=lambda grant: grant.section):
-        if grant.clusters == ALL_CLUSTERS:
-            continue
-        for cluster in sorted(grant.clusters - set(clusters)):
-            warnings.append("%s: [%s] auth_clusters: cluster %r is not defined in %s"
-                            % (grant.path or path, grant.section, cluster, RELAYS_FILE))

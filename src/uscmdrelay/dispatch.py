@@ -13,7 +13,7 @@ import socket
 import threading
 
 from . import executor, systemd
-from .auth import authenticate, authorize, visible_commands
+from .auth import authenticate, authorize, check_client_address, visible_commands
 from .protocol import (ALREADY_RUNNING, COMMAND_FAILED, COMMAND_TIMED_OUT, INTERNAL_ERROR,
                        OK, RelayError, command_reply, encode_reply, error_reply, list_reply)
 
@@ -49,9 +49,10 @@ class Dispatcher(object):
         grant = None
         outcome = None
         try:
-            # Known before authorize() may refuse, so the audit line of a 1002, 2003 or
-            # 2004 still says which key asked.
-            grant = authenticate(config, request.auth_key, address[0] if address else "")
+            # Known before anything else may refuse, so the audit line of a 1003, 1002,
+            # 2003 or 2004 still says which key asked.
+            grant = authenticate(config, request.auth_key)
+            check_client_address(grant, address[0] if address else "")
             if request.is_list:
                 code, reply = OK, list_reply([_describe(command) for command
                                               in visible_commands(config, grant)])
@@ -139,7 +140,7 @@ def _reply_for(outcome, timeout, stopping=False):
         message = "command killed: the server is shutting down"
     elif outcome.timed_out:
         code = COMMAND_TIMED_OUT
-        message = "command timed out after %g seconds and was killed" % timeout
+        message = "command timed out after %g s and was killed" % timeout
     elif outcome.exit_code == 0:
         code = OK
         message = outcome.stdout_text().rstrip("\r\n")

@@ -102,6 +102,13 @@ def run(argv, timeout=None, max_output=1048576, env=None, cwd=None, cancel=None)
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             close_fds=True, start_new_session=True, env=env, cwd=cwd)
     except (OSError, ValueError, subprocess.SubprocessError) as error:
+        if cwd is not None and getattr(error, "filename", None) == cwd:
+            raise RelayError(COMMAND_NOT_STARTED, "cannot start %s: working directory %s: "
+                             "%s" % (argv[0], cwd, _start_failure(error)))
+        if cwd is not None and not os.path.isdir(cwd):
+            # Older Pythons do not say which of program and directory is missing.
+            raise RelayError(COMMAND_NOT_STARTED, "cannot start %s: working directory %s "
+                             "is not a directory" % (argv[0], cwd))
         raise RelayError(COMMAND_NOT_STARTED, "cannot start %s: %s"
                          % (argv[0], _start_failure(error)))
     try:

@@ -7,7 +7,8 @@ writes a byte.
 import os
 import secrets
 
-from .config import AUTH_FILE, HASHED_KEY_PREFIX, RELAYS_FILE, key_digest
+from .config import AUTH_FILE, RELAYS_FILE
+from .keys import HASHED_KEY_PREFIX, key_digest
 
 KEY_BYTES = 32  # 256 bits of entropy, 43 URL-safe characters
 

@@ -357,7 +357,8 @@ def error_reply(code, message=None):
 
 def list_reply(commands):
     """Returns the reply to `::list`: `commands` is a list of dicts, one per command."""
-    return {"status": "success", "message": "%d commands" % len(commands), "code": OK,
+    return {"status": "success", "message": "%d command%s" % (
+        len(commands), "" if len(commands) == 1 else "s"), "code": OK,
             "commands": commands}
 
 

@@ -249,7 +249,7 @@ class RelayServer(object):
             if client.deadline > now:
                 break
             self._answer_from_loop(sock, client.address, RelayError(
-                REQUEST_TIMEOUT, "request not complete within %g seconds"
+                REQUEST_TIMEOUT, "request not complete within %g s"
                 % self.options.request_timeout))
         while self._lingering:
             sock, deadline = next(iter(self._lingering.items()))
@@ -304,6 +304,9 @@ class RelayServer(object):
                     return
                 raise
             sock.setblocking(False)
+            # The reply is one write; with TLS, session tickets go out just before it,
+            # and Nagle would hold the reply until the client's delayed ACK (~40 ms).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._open_lock:
                 busy = self._open >= self.options.max_connections
                 if not busy:
@@ -349,7 +352,7 @@ class RelayServer(object):
         self._read(sock)  # the request may have come with the handshake's last flight
 
     def _refuse_busy(self, sock, address):
-        error = RelayError(SERVER_BUSY, "server busy: %d connections already open"
+        error = RelayError(SERVER_BUSY, "server busy: --max-connections (%d) reached"
                            % self.options.max_connections)
         self._dispatcher.audit(logging.WARNING, address, None, None, error.code)
         if self._tls is not None:

@@ -19,6 +19,8 @@ class TLSError(Exception):
 def server_context(cert_file, key_file=None, client_ca_file=None):
     """A server context serving `cert_file`; with `client_ca_file`, clients must present
     a certificate signed by that CA (mutual TLS). Raises TLSError."""
+    _check_readable(("--tls-cert", cert_file), ("--tls-key", key_file),
+                    ("--tls-client-ca", client_ca_file))
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     _require_tls12(context)
     _load_chain(context, cert_file, key_file, "--tls-cert", "--tls-key")
@@ -34,6 +36,8 @@ def server_context(cert_file, key_file=None, client_ca_file=None):
 def client_context(ca_file=None, cert_file=None, key_file=None):
     """A client context that verifies the server (against `ca_file`, or the system's
     CAs) and presents `cert_file` when given. Raises TLSError."""
+    _check_readable(("--tls-ca", ca_file), ("--tls-cert", cert_file),
+                    ("--tls-key", key_file))
     try:
         context = ssl.create_default_context(cafile=ca_file)
     except (OSError, ssl.SSLError) as error:
@@ -44,11 +48,21 @@ def client_context(ca_file=None, cert_file=None, key_file=None):
     return context
 
 
+def _check_readable(*flags_and_paths):
+    """Names the flag and file that cannot be opened: ssl's own errors name neither."""
+    for flag, path in flags_and_paths:
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as error:
+            raise TLSError("%s %s: %s" % (flag, path, error.strerror or error))
+
+
 def _load_chain(context, cert_file, key_file, cert_flag, key_flag):
     try:
         context.load_cert_chain(cert_file, key_file)
-    except FileNotFoundError as error:
-        raise TLSError("%s: %s" % (error.filename, error.strerror))
     except (OSError, ssl.SSLError) as error:
         raise TLSError("%s %s / %s %s: cannot load the certificate and key: %s"
                        % (cert_flag, cert_file, key_flag, key_file or "(in the same file)",

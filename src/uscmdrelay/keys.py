@@ -1,0 +1,177 @@
+"""auth.conf: who may run what. Keys, hashed keys, cluster grants, source addresses.
+
+Keys are only ever held as their sha256 digests, and every message names a key's section
+by a fingerprint, never by the key.
+"""
+
+import hashlib
+import ipaddress
+import os
+import re
+import stat
+
+from .ini import ConfigError, reason
+
+ALL_CLUSTERS = "*"
+AUTH_OPTIONS = ("auth_clusters", "description", "allowed_hosts")
+HASHED_KEY_PREFIX = "sha256:"
+_HASHED_KEY = re.compile(r"sha256:([0-9a-f]{64})\Z")
+WEAK_KEY_CHARS = 16
+
+
+class KeyGrant(object):
+    """What one auth key may do: `clusters` (a frozenset, or ALL_CLUSTERS), `networks`
+    (the client addresses it may come from; None for any) and its log `label`."""
+
+    __slots__ = ("label", "clusters", "networks", "section", "path")
+
+    def __init__(self, label, clusters, networks=None, section=None, path=None):
+        self.label = label
+        self.clusters = clusters
+        self.networks = networks
+        self.section = section or label  # how messages name its section: never the key
+        self.path = path  # the file that defines it
+
+    def allows(self, cluster):
+        return self.clusters == ALL_CLUSTERS or cluster in self.clusters
+
+    def allows_address(self, address):
+        """True if a client at `address` (text) may use this key."""
+        if self.networks is None:
+            return True
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        # An IPv4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip.version == network.version and ip in network
+                   for network in self.networks)
+
+
+def key_digest(key):
+    """Returns the sha256 digest (bytes) under which a key is stored and looked up."""
+    return hashlib.sha256(key.encode("utf-8")).digest()
+
+
+def key_fingerprint(key):
+    """A short name for a key with no description, safe to log: it does not reveal the key."""
+    return "sha256:" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
+
+
+def check_auth_file_mode(path, owner=None):
+    """Refuses an auth file that another user could read or write, like sshd's
+    StrictModes. It must belong to `owner` (a uid; default: the user we run as)."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise ConfigError(path, "file not found")
+    except OSError as error:
+        raise ConfigError(path, "cannot read: %s" % reason(error))
+    mode = stat.S_IMODE(info.st_mode)
+    expected = os.geteuid() if owner is None else owner
+    if info.st_uid != expected:
+        raise ConfigError(path, "owned by uid %d, but uscmdrelay runs as uid %d; "
+                          "chown it to that user and chmod 600 it"
+                          % (info.st_uid, expected))
+    if mode & 0o077:
+        raise ConfigError(path, "mode %04o lets group or others access the keys; "
+                          "run chmod 600 %s" % (mode, path))
+
+
+def parse_auth(parser, path, warnings, allow_empty=False):
+    """Returns {sha256 digest: KeyGrant} from a parsed auth.conf; raises ConfigError.
+
+    A section is a key, or `sha256:<64 hex digits>`, the digest of one (a hashed key).
+    A file with no key gets a warning unless `allow_empty` (the caller checks the total).
+    """
+    keys = {}
+    for key in parser.sections():
+        name = hide_key(key)
+        if key != key.strip() or not key:
+            raise ConfigError(path, "an auth key may not start or end with white space",
+                              name)
+        for option in parser.options(key):
+            if option not in AUTH_OPTIONS:
+                raise ConfigError(path, "unknown option (expected one of: %s)"
+                                  % ", ".join(AUTH_OPTIONS), name, option)
+        if not parser.has_option(key, "auth_clusters"):
+            raise ConfigError(path, "missing; list the clusters this key may use, or '*' "
+                              "for all", name, "auth_clusters")
+        clusters = parse_cluster_list(parser.get(key, "auth_clusters"), path, name)
+        networks = None
+        if parser.has_option(key, "allowed_hosts"):
+            networks = parse_networks(parser.get(key, "allowed_hosts"), path, name)
+        digest = _section_digest(key, path, warnings)
+        if digest in keys:
+            raise ConfigError(path, "this key is defined twice (plain and hashed?)", name)
+        description = parser.get(key, "description", fallback="").strip()
+        keys[digest] = KeyGrant(description or name[len("key "):], clusters, networks, name,
+                                path)
+    if not keys and not allow_empty:
+        warnings.append("%s: no keys defined; every request will be refused" % path)
+    return keys
+
+
+def _section_digest(key, path, warnings):
+    """The digest a section stands for: its own for a hashed key, else the key's."""
+    if key.startswith(HASHED_KEY_PREFIX):
+        match = _HASHED_KEY.match(key)
+        if match is None:
+            raise ConfigError(path, "a hashed key is 'sha256:' and 64 lowercase hex digits "
+                              "(uscmdrelay hash-key prints one)", hide_key(key))
+        return bytes.fromhex(match.group(1))
+    if len(key) < WEAK_KEY_CHARS:
+        warnings.append("%s: [%s] the key is shorter than %d characters; use a long "
+                        "random key" % (path, hide_key(key), WEAK_KEY_CHARS))
+    return key_digest(key)
+
+
+def parse_networks(value, path, section):
+    """Returns a tuple of ip_network from `allowed_hosts`; raises ConfigError."""
+    entries = value.replace(",", " ").split()
+    if not entries:
+        raise ConfigError(path, "empty; list addresses or networks (or remove the line to "
+                          "allow any address)", section, "allowed_hosts")
+    networks = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise ConfigError(path, "%r is not an IP address or network" % entry,
+                              section, "allowed_hosts")
+    return tuple(networks)
+
+
+def parse_cluster_list(value, path, section):
+    """Returns frozenset of cluster names, or ALL_CLUSTERS; raises ConfigError."""
+    names = value.replace(",", " ").split()
+    if not names:
+        raise ConfigError(path, "empty; list the clusters this key may use, or '*' for all",
+                          section, "auth_clusters")
+    if ALL_CLUSTERS in names:
+        if len(names) > 1:
+            raise ConfigError(path, "'*' means all clusters and cannot be combined with "
+                              "names", section, "auth_clusters")
+        return ALL_CLUSTERS
+    return frozenset(names)
+
+
+def hide_key(key):
+    """How messages name a key's section: never the key, only a fingerprint of it (a
+    hashed key's section is its own fingerprint already)."""
+    match = _HASHED_KEY.match(key)
+    if match is not None:
+        return "key %s%s" % (HASHED_KEY_PREFIX, match.group(1)[:12])
+    return "key %s" % key_fingerprint(key)
+
+
+def warn_about_references(keys, clusters, path, relays_name, warnings):
+    """Warns about clusters granted to a key that no relays file defines."""
+    for grant in sorted(keys.values(), key=lambda grant: grant.section):
+        if grant.clusters == ALL_CLUSTERS:
+            continue
+        for cluster in sorted(grant.clusters - set(clusters)):
+            warnings.append("%s: [%s] auth_clusters: cluster %r is not defined in %s"
+                            % (grant.path or path, grant.section, cluster, relays_name))

@@ -1,0 +1,351 @@
+"""End-to-end tests of TLS and mutual TLS: the server's --tls-* options, `call --tls`,
+and the stock TLS clients (openssl s_client, ncat --ssl, socat OPENSSL:).
+
+The certificates are a throwaway PKI made with the `openssl` binary (tests/certs.py);
+without that binary every test here is skipped.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import unittest
+
+from tests import certs, support
+from tests.support import KEY, ServerProcess, start_server
+from tests.test_client import can_bind_ipv6_loopback, run_call
+
+CLIENT_TIMEOUT = 20.0
+REQUEST_TIMEOUT_SECONDS = 2
+# No warnings at start-up: a failed start must print its one error line and nothing else.
+TLS_RELAYS = "[default]\necho = /bin/echo\n"
+TLS_AUTH = "[%s]\nauth_clusters = default\n" % KEY
+REQUEST_LINE = json.dumps({"auth_key": KEY, "command": "echo",
+                           "arguments": ["over", "tls"]}) + "\n"
+
+
+def tls_server_args(pki, client_ca=False):
+    args = ["--tls-cert", pki.server_cert, "--tls-key", pki.server_key,
+            "--request-timeout", str(REQUEST_TIMEOUT_SECONDS), "--shutdown-timeout", "0"]
+    if client_ca:
+        args += ["--tls-client-ca", pki.ca]
+    return args
+
+
+def read_until_closed(sock, limit_seconds=15.0):
+    """Every byte until the peer closes (a reset counts as closed); bounded in time."""
+    sock.settimeout(limit_seconds)
+    chunks = []
+    deadline = time.monotonic() + limit_seconds
+    while time.monotonic() < deadline:
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+class _TLSServer(unittest.TestCase):
+    """One TLS server (the .pyz) per class, stopped by PID in tearDownClass."""
+
+    CLIENT_CA = False
+
+    @classmethod
+    def setUpClass(cls):
+        if not certs.have_openssl():
+            raise unittest.SkipTest("openssl is not installed")
+        cls.pki = certs.certificates()
+        cls.config_dir = tempfile.mkdtemp(prefix="uscmdrelay-test-")
+        support.write_config(cls.config_dir, auth=TLS_AUTH, relays=TLS_RELAYS)
+        try:
+            cls.server = ServerProcess(cls.config_dir,
+                                       args=tls_server_args(cls.pki, cls.CLIENT_CA))
+        except Exception:
+            shutil.rmtree(cls.config_dir, True)
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            cls.server.stop()
+        finally:
+            shutil.rmtree(cls.config_dir, True)
+
+    def call(self, *args, **kwargs):
+        return run_call(self, ["--port", str(self.server.port)] + list(args), **kwargs)
+
+    def call_tls(self, *args, **kwargs):
+        return self.call(*(("--tls", "--tls-ca", self.pki.ca) + args), **kwargs)
+
+    def assertWorks(self, result, stdout="over tls\n"):
+        self.assertEqual((result.returncode, result.stdout, result.stderr), (0, stdout, ""))
+
+    def assertRefused(self, result):
+        """255, nothing on stdout, one `uscmdrelay: ...` line without a code."""
+        self.assertEqual((result.returncode, result.stdout), (255, ""), result)
+        self.assertRegex(result.stderr, r"\Auscmdrelay: [^\n]+\n\Z")
+        self.assertNotIn("(code", result.stderr)
+
+    def log_count(self, text):
+        return self.server.log_text().count(text)
+
+    def wait_for_log_count(self, text, count, limit_seconds=10.0):
+        deadline = time.monotonic() + limit_seconds
+        while self.log_count(text) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertGreaterEqual(self.log_count(text), count, self.server.log_text())
+
+    def shell(self, pipeline, programs):
+        """Runs `pipeline` (sh -c, with $CA, $PORT, $REQUEST and the client cert in
+        $CERT/$CERT_KEY); returns its stdout. Skips when one of `programs` is absent."""
+        for program in programs:
+            if shutil.which(program) is None:
+                self.skipTest("%s is not installed" % program)
+        env = dict(os.environ, CA=self.pki.ca, PORT=str(self.server.port),
+                   REQUEST=REQUEST_LINE, CERT=self.pki.client_cert,
+                   CERT_KEY=self.pki.client_key)
+        process = subprocess.Popen(["sh", "-c", pipeline], stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   universal_newlines=True, start_new_session=True, env=env)
+        try:
+            out, err = process.communicate(timeout=CLIENT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            self.fail("%r did not finish within %g s" % (pipeline, CLIENT_TIMEOUT))
+        self.assertEqual(process.returncode, 0, "%r failed: %s" % (pipeline, err))
+        return out
+
+    def assertReplyLine(self, out):
+        self.assertTrue(out.endswith("\n") and out.count("\n") == 1, repr(out))
+        reply = json.loads(out)
+        self.assertEqual((reply["code"], reply["message"]), (0, "over tls"), reply)
+
+
+class TLSTests(_TLSServer):
+
+    def test_call_with_the_ca_verifies_the_server_and_runs(self):
+        self.assertWorks(self.call_tls("echo", "over", "tls"))
+        self.assertIn("listening on 127.0.0.1 port %d with TLS" % self.server.port,
+                      self.server.log_text())
+
+    def test_call_verifies_the_name_localhost_from_the_certificate(self):
+        self.assertWorks(self.call_tls("--host", "localhost", "echo", "over", "tls"))
+
+    def test_call_without_the_ca_fails_verification_with_255(self):
+        # The system's CAs do not know the throwaway CA.
+        result = self.call("--tls", "echo", "over", "tls")
+        self.assertRefused(result)
+        self.assertIn("TLS with 127.0.0.1 port %d failed" % self.server.port, result.stderr)
+        self.assertIn("CERTIFICATE_VERIFY_FAILED", result.stderr)
+
+    def test_call_with_a_server_name_not_in_the_certificate_fails(self):
+        result = self.call_tls("--tls-server-name", "other.example", "echo", "x")
+        self.assertRefused(result)
+        self.assertIn("TLS with", result.stderr)
+        self.assertWorks(self.call_tls("--tls-server-name", "localhost",
+                                       "echo", "over", "tls"))
+
+    def test_call_with_a_ca_from_another_pki_fails(self):
+        result = self.call("--tls", "--tls-ca", self.pki.other_ca, "echo", "x")
+        self.assertRefused(result)
+
+    def test_plaintext_client_is_dropped_and_the_server_keeps_serving(self):
+        before = self.log_count("TLS handshake failed")
+        with socket.create_connection(("127.0.0.1", self.server.port), timeout=15) as sock:
+            sock.sendall(REQUEST_LINE.encode("utf-8"))
+            data = read_until_closed(sock)
+        self.assertNotIn(b"{", data)  # no JSON reply in clear text
+        self.assertNotIn(KEY.encode("utf-8"), data)
+        self.wait_for_log_count("TLS handshake failed", before + 1)
+        self.assertWorks(self.call_tls("echo", "over", "tls"))
+
+    def test_plaintext_call_to_a_tls_server_exits_255(self):
+        self.assertRefused(self.call("echo", "over", "tls"))
+        self.assertWorks(self.call_tls("echo", "over", "tls"))
+
+    def test_slow_handshake_is_cut_off_while_others_are_served(self):
+        before = self.log_count("code=2006")
+        with socket.create_connection(("127.0.0.1", self.server.port), timeout=15) as sock:
+            started = time.monotonic()
+            # Connected, sending nothing: meanwhile another client is served at once.
+            result = self.call_tls("echo", "over", "tls")
+            self.assertWorks(result)
+            self.assertLess(time.monotonic() - started, REQUEST_TIMEOUT_SECONDS + 8)
+            data = read_until_closed(sock)
+            elapsed = time.monotonic() - started
+        self.assertNotIn(b"{", data)
+        self.assertLess(elapsed, REQUEST_TIMEOUT_SECONDS + 8)
+        self.wait_for_log_count("code=2006", before + 1)
+
+    def test_openssl_s_client_is_a_client(self):
+        out = self.shell('printf "%s" "$REQUEST" | openssl s_client -quiet '
+                         '-verify_return_error -CAfile "$CA" -connect 127.0.0.1:$PORT '
+                         '2>/dev/null', ["openssl"])
+        self.assertReplyLine(out)
+
+    def test_ncat_ssl_is_a_client(self):
+        # ncat checks the name against DNS names only, so it connects to `localhost`.
+        out = self.shell('printf "%s" "$REQUEST" | ncat --ssl --ssl-verify '
+                         '--ssl-trustfile "$CA" localhost $PORT', ["ncat"])
+        self.assertReplyLine(out)
+
+    def test_socat_openssl_is_a_client(self):
+        out = self.shell('printf "%s" "$REQUEST" | socat -t 10 - '
+                         'OPENSSL:127.0.0.1:$PORT,cafile="$CA"', ["socat"])
+        self.assertReplyLine(out)
+
+    def test_source_tree_client_works_too(self):
+        self.assertWorks(self.call_tls("echo", "over", "tls", program="src"))
+
+
+class MutualTLSTests(_TLSServer):
+    CLIENT_CA = True
+
+    def with_cert(self, cert, key, *args):
+        return self.call_tls(*(("--tls-cert", cert, "--tls-key", key) + args))
+
+    def test_client_certificate_from_the_ca_is_accepted(self):
+        self.assertWorks(self.with_cert(self.pki.client_cert, self.pki.client_key,
+                                        "echo", "over", "tls"))
+        self.assertIn("with mutual TLS", self.server.log_text())
+
+    def test_client_without_a_certificate_is_refused_and_logged(self):
+        before = self.log_count("TLS handshake failed")
+        self.assertRefused(self.call_tls("echo", "over", "tls"))
+        self.wait_for_log_count("TLS handshake failed", before + 1)
+        self.assertNotIn("over", self.server.log_text().split("TLS handshake failed")[-1])
+        self.assertWorks(self.with_cert(self.pki.client_cert, self.pki.client_key,
+                                        "echo", "over", "tls"))
+
+    def test_client_certificate_from_another_ca_is_refused(self):
+        before = self.log_count("TLS handshake failed")
+        self.assertRefused(self.with_cert(self.pki.other_client_cert,
+                                          self.pki.other_client_key, "echo", "x"))
+        self.wait_for_log_count("TLS handshake failed", before + 1)
+
+    def test_ncat_with_a_client_certificate_is_a_client(self):
+        out = self.shell('printf "%s" "$REQUEST" | ncat --ssl --ssl-verify '
+                         '--ssl-trustfile "$CA" --ssl-cert "$CERT" --ssl-key "$CERT_KEY" '
+                         'localhost $PORT', ["ncat"])
+        self.assertReplyLine(out)
+
+    def test_openssl_s_client_without_a_certificate_gets_no_reply(self):
+        if shutil.which("openssl") is None:
+            self.skipTest("openssl is not installed")
+        before = self.log_count("TLS handshake failed")
+        process = subprocess.Popen(
+            ["openssl", "s_client", "-quiet", "-CAfile", self.pki.ca,
+             "-connect", "127.0.0.1:%d" % self.server.port],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            universal_newlines=True)
+        try:
+            out, _ = process.communicate(REQUEST_LINE, timeout=CLIENT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            self.fail("openssl s_client did not finish")
+        self.assertNotIn("{", out)
+        self.wait_for_log_count("TLS handshake failed", before + 1)
+
+
+class TLSOverIPv6Tests(unittest.TestCase):
+
+    def test_call_over_ipv6_loopback_verifies_the_address(self):
+        certs.require_openssl(self)
+        if not can_bind_ipv6_loopback():
+            self.skipTest("cannot bind ::1")
+        pki = certs.certificates()
+        config_dir = support.make_config_dir(self, auth=TLS_AUTH, relays=TLS_RELAYS)
+        server = start_server(self, config_dir, args=tls_server_args(pki) + ["--host", "::1"])
+        result = run_call(self, ["--host", "::1", "--port", str(server.port), "--tls",
+                                 "--tls-ca", pki.ca, "echo", "v6", "tls"])
+        self.assertEqual((result.returncode, result.stdout, result.stderr),
+                         (0, "v6 tls\n", ""))
+
+
+class TLSStartupTests(unittest.TestCase):
+    """Bad TLS options stop the server at start-up: exit 2, one `Config error:` line."""
+
+    def setUp(self):
+        certs.require_openssl(self)
+        self.pki = certs.certificates()
+        self.config_dir = support.make_config_dir(self, auth=TLS_AUTH, relays=TLS_RELAYS)
+
+    def start(self, args, program="pyz"):
+        """Runs a server that must fail to start; returns (status, stdout, stderr)."""
+        argv = support.command(program) + ["--config-dir", self.config_dir,
+                                           "--host", "127.0.0.1", "--port", "0"] + args
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, universal_newlines=True,
+                                   env=support.environment(program))
+        try:
+            out, err = process.communicate(timeout=support.START_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            self.fail("the server started with %r" % args)
+        return process.returncode, out, err
+
+    def assertConfigError(self, args, *named, **kwargs):
+        status, out, err = self.start(args, **kwargs)
+        self.assertEqual(status, 2, err)
+        self.assertEqual(out, "")
+        self.assertRegex(err, r"\AConfig error: [^\n]+\n\Z")
+        self.assertNotIn("Traceback", err)
+        for text in named:
+            self.assertIn(text, err)
+        return err
+
+    def test_missing_certificate_file_is_named(self):
+        missing = os.path.join(self.config_dir, "missing.pem")
+        for program in ("pyz", "src"):
+            with self.subTest(program=program):
+                self.assertConfigError(["--tls-cert", missing, "--tls-key",
+                                        self.pki.server_key], missing, program=program)
+
+    def test_missing_key_file_is_named(self):
+        missing = os.path.join(self.config_dir, "missing.key")
+        self.assertConfigError(["--tls-cert", self.pki.server_cert, "--tls-key", missing],
+                               missing)
+
+    def test_key_that_does_not_match_the_certificate(self):
+        self.assertConfigError(["--tls-cert", self.pki.server_cert,
+                                "--tls-key", self.pki.client_key],
+                               self.pki.server_cert, self.pki.client_key)
+
+    def test_garbage_certificate(self):
+        self.assertConfigError(["--tls-cert", self.pki.garbage,
+                                "--tls-key", self.pki.server_key], self.pki.garbage)
+
+    def test_certificate_without_its_key(self):
+        self.assertConfigError(["--tls-cert", self.pki.server_cert], self.pki.server_cert)
+
+    def test_garbage_client_ca(self):
+        self.assertConfigError(["--tls-cert", self.pki.server_cert,
+                                "--tls-key", self.pki.server_key,
+                                "--tls-client-ca", self.pki.garbage], self.pki.garbage)
+
+    def test_missing_client_ca(self):
+        missing = os.path.join(self.config_dir, "missing-ca.pem")
+        self.assertConfigError(["--tls-cert", self.pki.server_cert,
+                                "--tls-key", self.pki.server_key,
+                                "--tls-client-ca", missing], missing)
+
+    def test_key_or_client_ca_without_a_certificate(self):
+        for args in (["--tls-key", self.pki.server_key],
+                     ["--tls-client-ca", self.pki.ca]):
+            with self.subTest(args=args):
+                err = self.assertConfigError(args)
+                self.assertEqual(err, "Config error: --tls-key and --tls-client-ca need "
+                                      "--tls-cert\n")
+
+
+if __name__ == "__main__":
+    unittest.main()
