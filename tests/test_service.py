@@ -386,6 +386,22 @@ class LifecycleTest(ServiceTestCase):
         wait_until(lambda: not alive(pid), "the killed sleep to be gone", 5)
         self.assertRegex(server.log_text(), r"stopped: 1 requests served, 1 of them errors")
 
+    def test_sigterm_answers_a_connection_that_sent_nothing_at_once(self):
+        # An idle client is not a request in flight: it must not hold the stop for
+        # --request-timeout (30 s here).
+        server = self.start(args=["--request-timeout", "30"])
+        idle = socket.create_connection(("127.0.0.1", server.port), timeout=REPLY_TIMEOUT)
+        self.addCleanup(idle.close)
+        wait_for_log(server, r"listening on")
+        time.sleep(0.3)  # accepted by the loop
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        reply = receive(idle)
+        self.assertEqual(reply, {"status": "error", "message": "server is shutting down",
+                                 "code": 3004})
+        self.assertEqual(server.process.wait(15), 0, server.log_text())
+        self.assertLess(time.monotonic() - started, 10.0)
+
     def test_sighup_applies_new_config_to_later_requests_while_running_one_finishes(self):
         self.check_reload_applies_to_later_requests_only()
 
@@ -512,6 +528,20 @@ class SocketActivationTest(ServiceTestCase):
         self.assertNotEqual(server.port, 0)
         self.assertEqual(request(server.port, command="which")["stdout"], "one\n")
         self.assertNotIn("passed by systemd", server.log_text())
+
+
+    def test_passed_descriptor_that_is_not_a_socket_is_one_line_and_exit_1(self):
+        directory = self.config_dir()
+        argv = support.command(self.program) + ["--config-dir", directory, "--port", "0"]
+        script = 'export LISTEN_PID=$$; exec "$@" 3</dev/null'
+        result = subprocess.run(["sh", "-c", script, "sh"] + argv, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                universal_newlines=True, timeout=60,
+                                env=support.environment(self.program, {"LISTEN_FDS": "1"}))
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
+        self.assertEqual(result.stderr.splitlines()[-1], "uscmdrelay: cannot use the socket "
+                         "passed by systemd: fd 3: Socket operation on non-socket")
 
 
 class SourceSocketActivationTest(SocketActivationTest):

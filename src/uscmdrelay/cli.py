@@ -313,7 +313,12 @@ def serve(args):
     except ValueError as error:
         _fail("Config error: %s" % error, args.log)
         return EXIT_CONFIG
-    listeners = systemd.listen_sockets()
+    try:
+        listeners = systemd.listen_sockets()
+    except OSError as error:
+        _fail("uscmdrelay: cannot use the socket passed by systemd: %s" % error.strerror,
+              args.log)
+        return EXIT_STARTUP
     if listeners:
         log.info("using %d listening socket(s) passed by systemd; --host and --port are "
                  "ignored", len(listeners))

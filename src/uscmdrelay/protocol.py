@@ -133,6 +133,11 @@ class RequestReader(object):
         self._started = False      # a byte other than whitespace was seen
         self._last_parse_size = 0
 
+    @property
+    def received(self):
+        """How many bytes of the request have arrived."""
+        return len(self._buffer)
+
     def feed(self, data):
         """Adds received bytes; returns the `Request` once complete, else None."""
         if len(self._buffer) + len(data) > self.max_bytes:

@@ -188,6 +188,12 @@ class RelayServer(object):
             listener.close()
         self._accept_paused_until = None
         self._draining_until = time.monotonic() + self.options.shutdown_timeout
+        # A connection that has sent nothing yet is not a request in flight: an idle
+        # client or a port scanner must not hold `systemctl stop` for --request-timeout.
+        for sock, client in list(self._reading.items()):
+            if not client.reader.received:
+                self._answer_from_loop(sock, client.address, RelayError(
+                    SERVER_BUSY, "server is shutting down"))
         in_flight = self.open_connections
         systemd.notify("STOPPING=1", "STATUS=stopping: %d requests in flight" % in_flight)
         log.info("stopping: no new connections; %d requests in flight get up to %g s",

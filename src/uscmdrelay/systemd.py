@@ -49,7 +49,8 @@ def listen_sockets():
     """Returns the listening sockets systemd passed to this process, or [].
 
     Only when $LISTEN_PID names this process: the variables may be left over from a
-    parent that was itself socket-activated.
+    parent that was itself socket-activated. Raises OSError (with the fd in its message)
+    when a passed descriptor is not a usable socket.
     """
     try:
         if int(os.environ.get("LISTEN_PID", "")) != os.getpid():
@@ -60,12 +61,17 @@ def listen_sockets():
     sockets = []
     for fd in range(LISTEN_FDS_START, LISTEN_FDS_START + count):
         # socket.socket(fileno=) only detects the family from 3.7 on; ask the kernel.
-        probe = socket.socket(fileno=fd)
         try:
-            family = probe.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
-            kind = probe.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
-        finally:
-            probe.detach()
+            probe = socket.socket(fileno=fd)
+            try:
+                family = probe.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
+                kind = probe.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+            finally:
+                probe.detach()
+        except OSError as error:
+            for sock in sockets:
+                sock.close()
+            raise OSError(error.errno, "fd %d: %s" % (fd, error.strerror or error))
         sock = socket.socket(family, kind, 0, fd)
         sock.set_inheritable(False)
         sock.setblocking(False)
