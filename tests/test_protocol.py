@@ -419,6 +419,21 @@ class ParseRequestTest(unittest.TestCase):
 
 class EncodeReplyTest(unittest.TestCase):
 
+    def test_reply_in_pieces_is_the_same_bytes(self):
+        long_text = "line\n\x00\ttab \u00e9\ufffd \U0001f600 \"q\" \\" * 5000
+        cases = [
+            {"status": "success", "message": "ok", "code": 0},
+            {"status": "error", "message": long_text, "code": 3001, "exit_code": 1,
+             "stdout": long_text, "stderr": "", "duration_ms": 1.5, "truncated": True},
+            {"stdout": "\x00" * (protocol.REPLY_SLICE_CHARS * 2 + 7), "n": None},
+        ]
+        for reply in cases:
+            with self.subTest(keys=sorted(reply)):
+                pieces = list(protocol.iter_reply(reply))
+                self.assertEqual(b"".join(pieces), protocol.encode_reply(reply))
+                if len(protocol.encode_reply(reply)) > 10 * protocol.REPLY_SLICE_CHARS:
+                    self.assertGreater(len(pieces), 3)
+
     def test_reply_is_one_utf8_line_ending_in_newline(self):
         reply = {"status": "success", "code": 0, "message": "line 1\nline 2\r\n\ttab",
                  "stdout": "h\u00e9llo \u2603 \U0001F600\n", "stderr": "\x00\x1b[0m",

@@ -11,15 +11,17 @@ import logging
 import os
 import socket
 import threading
+import time
 
 from . import executor, systemd
 from .auth import authenticate, authorize, check_client_address, visible_commands
 from .protocol import (ALREADY_RUNNING, COMMAND_FAILED, COMMAND_TIMED_OUT, INTERNAL_ERROR,
-                       OK, RelayError, command_reply, encode_reply, error_reply, list_reply)
+                       OK, RelayError, command_reply, error_reply, iter_reply, list_reply)
 
 log = logging.getLogger("uscmdrelay")
 
 RECV_BYTES = 65536
+SEND_BYTES = 65536
 # After the reply, how long we wait for the client to close before we do. Closing a socket
 # with unread input makes the kernel send RST, which can destroy the reply in flight.
 LINGER_SECONDS = 1.0
@@ -68,7 +70,7 @@ class Dispatcher(object):
                           request.command)
             code, reply = INTERNAL_ERROR, error_reply(INTERNAL_ERROR)
         self.audit(logging.INFO, address, grant, request, code, outcome)
-        _reply_and_close(sock, encode_reply(reply), self.options.request_timeout)
+        _reply_and_close(sock, iter_reply(reply), self.options.request_timeout)
 
     def _timeout(self, command):
         timeout = command.policy.timeout
@@ -150,15 +152,22 @@ def _reply_for(outcome, timeout, stopping=False):
     return code, command_reply(code, message, outcome)
 
 
-def _reply_and_close(sock, payload, timeout):
-    """Sends the reply, then closes the connection without destroying the reply.
+def _reply_and_close(sock, pieces, timeout):
+    """Sends the reply (an iterable of bytes), then closes the connection without
+    destroying the reply.
 
-    A blocking send with a total timeout: a client that does not read its reply within
-    `timeout` seconds loses it, and the worker moves on.
+    Blocking sends within one total timeout: a client that does not read its reply
+    within `timeout` seconds loses it, and the worker moves on.
     """
+    deadline = time.monotonic() + timeout
     try:
-        sock.settimeout(timeout)
-        sock.sendall(payload)
+        buffered = bytearray()
+        for piece in pieces:
+            buffered += piece
+            if len(buffered) >= SEND_BYTES:
+                _send_before(sock, buffered, deadline)
+                del buffered[:]
+        _send_before(sock, buffered, deadline)
         sock.settimeout(LINGER_SECONDS)
         if hasattr(sock, "unwrap"):
             # TLS: close_notify tells the client the reply is complete, not cut off.
@@ -174,6 +183,14 @@ def _reply_and_close(sock, payload, timeout):
         pass
     finally:
         sock.close()
+
+
+def _send_before(sock, data, deadline):
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise socket.timeout("reply not read in time")
+    sock.settimeout(remaining)
+    sock.sendall(data)
 
 
 def format_address(address):

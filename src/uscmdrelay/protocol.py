@@ -348,10 +348,40 @@ def split_command(command):
 # ---------------------------------------------------------------------------------------
 # Replies
 
+# A string value longer than this is encoded in slices of this many characters.
+REPLY_SLICE_CHARS = 65536
+
+
 def encode_reply(reply):
     """Returns the bytes of one reply: a JSON object on one line, ending in a newline."""
     return (json.dumps(reply, ensure_ascii=False, separators=(", ", ": ")) + "\n").encode(
         "utf-8")
+
+
+def iter_reply(reply):
+    """Yields the bytes of `encode_reply(reply)` in pieces.
+
+    A command's output may be megabytes, and JSON escapes can make it six times larger
+    (a NUL becomes \\u0000): encoding long strings slice by slice keeps the server's
+    memory near the size of the output instead of several times it.
+    """
+    if not any(isinstance(value, str) and len(value) > REPLY_SLICE_CHARS
+               for value in reply.values()):
+        yield encode_reply(reply)
+        return
+    separator = "{"
+    for name, value in reply.items():
+        head = separator + json.dumps(name) + ": "
+        separator = ", "
+        if not (isinstance(value, str) and len(value) > REPLY_SLICE_CHARS):
+            yield (head + json.dumps(value, ensure_ascii=False)).encode("utf-8")
+            continue
+        yield (head + '"').encode("utf-8")
+        for start in range(0, len(value), REPLY_SLICE_CHARS):
+            piece = value[start:start + REPLY_SLICE_CHARS]
+            yield json.dumps(piece, ensure_ascii=False)[1:-1].encode("utf-8")
+        yield b'"'
+    yield b"}\n"
 
 
 def error_reply(code, message=None):
