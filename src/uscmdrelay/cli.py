@@ -7,10 +7,7 @@ on stderr, never a traceback.
 """
 
 import argparse
-import logging
-import logging.handlers
 import shlex
-import signal
 import sys
 
 from . import __version__
@@ -18,10 +15,7 @@ from . import __version__
 # Each subcommand imports what it needs when it runs: `--version`, `call` and `init` do
 # not pay for the server's modules (start-up time matters for a client run by cron).
 
-log = logging.getLogger("uscmdrelay")
-
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 EXIT_OK = 0
 EXIT_STARTUP = 1
 EXIT_CONFIG = 2
@@ -123,8 +117,7 @@ def build_parser():
         description="Run COMMAND on a uscmdrelay server and print its output. The key "
                     "comes from $USCMDRELAY_AUTH_KEY or --key-file. Exit status: the "
                     "command's (128+N if killed by signal N), or 255 for a relay error.")
-    from .client import add_arguments
-    add_arguments(call)
+    _add_call_arguments(call)
     hash_key = commands.add_parser(
         "hash-key", help="print the auth.conf section header of a hashed key",
         description="Read a key from stdin (or generate one) and print the [sha256:...] "
@@ -132,6 +125,35 @@ def build_parser():
     hash_key.add_argument("--generate", action="store_true",
                           help="generate a new random key and print it once, on stderr")
     return parser
+
+
+def _add_call_arguments(parser):
+    """`call`'s options; the client module itself is imported only when it runs."""
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="server name or address (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=7777, help="server port (default: 7777)")
+    parser.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                        help="seconds the whole call may take (default: 60)")
+    parser.add_argument("--key-file", metavar="FILE",
+                        help="read the auth key from FILE (default: $USCMDRELAY_AUTH_KEY)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the reply object as received")
+    parser.add_argument("--list", action="store_true",
+                        help="list the commands this key may run")
+    parser.add_argument("--tls", action="store_true", help="connect with TLS")
+    parser.add_argument("--tls-ca", metavar="FILE",
+                        help="CA certificate(s) to verify the server with (default: the "
+                             "system's)")
+    parser.add_argument("--tls-cert", metavar="FILE", help="client certificate (mutual TLS)")
+    parser.add_argument("--tls-key", metavar="FILE", help="client certificate's private key")
+    parser.add_argument("--tls-server-name", metavar="NAME",
+                        help="name to verify the server certificate against "
+                             "(default: --host)")
+    parser.add_argument("command", nargs="?", metavar="COMMAND",
+                        help="'name' or 'cluster::name'")
+    # Only for --help: main() sets the arguments aside before argparse (split_argv).
+    parser.add_argument("arguments", nargs="*", metavar="ARG",
+                        help="passed to the command as they are, '--' and '-x' included")
 
 
 def _add_config_dir(subparser, default_text=""):
@@ -164,6 +186,7 @@ def main(argv=None):
         return run_call(args)
     if args.subcommand == "hash-key":
         return hash_key(args)
+    from .service import serve
     return serve(args)
 
 
@@ -282,112 +305,3 @@ def hash_key(args):
             return EXIT_CONFIG
     print("[%s%s]" % (HASHED_KEY_PREFIX, key_digest(key).hex()))
     return EXIT_OK
-
-
-def serve(args):
-    from . import systemd
-    from .config import ConfigError, find_config_dir, load_config
-    from .server import Options, RelayServer, StartupError
-    try:
-        _setup_logging(args.log, args.log_level)
-    except OSError as error:
-        print("uscmdrelay: cannot open log file %s: %s" % (args.log, error.strerror),
-              file=sys.stderr)
-        return EXIT_STARTUP
-    try:
-        # The directory is settled once: a reload rereads the same files.
-        directory = args.config_dir or find_config_dir()
-        config = load_config(directory, shell_exec=args.shell_exec)
-    except ConfigError as error:
-        _fail("Config error: %s" % error, args.log)
-        return EXIT_CONFIG
-    for warning in config.warnings:
-        log.warning("config: %s", warning)
-    options = Options(host=args.host, port=args.port, timeout=args.timeout,
-                      max_output=args.max_output, max_request=args.max_request,
-                      request_timeout=args.request_timeout,
-                      max_connections=args.max_connections, shell_exec=args.shell_exec,
-                      shutdown_timeout=args.shutdown_timeout)
-    try:
-        tls_context = _tls_context(args)
-    except ValueError as error:
-        _fail("Config error: %s" % error, args.log)
-        return EXIT_CONFIG
-    try:
-        listeners = systemd.listen_sockets()
-    except OSError as error:
-        _fail("uscmdrelay: cannot use the socket passed by systemd: %s" % error.strerror,
-              args.log)
-        return EXIT_STARTUP
-    if listeners:
-        log.info("using %d listening socket(s) passed by systemd; --host and --port are "
-                 "ignored", len(listeners))
-    try:
-        server = RelayServer(config, options, listeners=listeners,
-                             loader=lambda: load_config(directory, args.shell_exec),
-                             tls_context=tls_context)
-    except StartupError as error:
-        _fail("uscmdrelay: %s" % error, args.log)
-        return EXIT_STARTUP
-    try:
-        _install_signal_handlers(server)
-        for host, port in server.addresses:
-            log.info("uscmdrelay %s listening on %s port %s%s (config %s: %d keys, "
-                     "%d clusters, %d commands)", __version__, host, port,
-                     "" if tls_context is None else
-                     " with mutual TLS" if args.tls_client_ca else " with TLS",
-                     config.directory, len(config.keys), len(config.clusters),
-                     config.command_count)
-        server.serve_forever()
-    finally:
-        server.server_close()
-    return EXIT_OK
-
-
-def _tls_context(args):
-    """The server's SSLContext, or None without --tls-cert; raises ValueError."""
-    if not args.tls_cert:
-        if args.tls_key or args.tls_client_ca:
-            raise ValueError("--tls-key and --tls-client-ca need --tls-cert")
-        return None
-    from .tls import TLSError, server_context
-    try:
-        return server_context(args.tls_cert, args.tls_key, args.tls_client_ca)
-    except TLSError as error:
-        raise ValueError(str(error))
-
-
-def _fail(message, log_file):
-    """Reports a start-up failure on stderr, and in the log file when there is one."""
-    print(message, file=sys.stderr)
-    if log_file:
-        log.error("%s", message)
-
-
-def _setup_logging(log_file, level):
-    if log_file:
-        # WatchedFileHandler reopens the path when logrotate has moved the file.
-        handler = logging.handlers.WatchedFileHandler(log_file)
-        formatter = logging.Formatter(LOG_FORMAT)
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        # The journal timestamps each line itself and reads a <N> priority prefix.
-        from . import systemd
-        formatter = (systemd.JournalFormatter("%(message)s") if systemd.stderr_is_journal()
-                     else logging.Formatter(LOG_FORMAT))
-    handler.setFormatter(formatter)
-    log.handlers[:] = [handler]
-    log.setLevel(level)
-    log.propagate = False
-
-
-def _install_signal_handlers(server):
-    # The handlers only ask the loop to act; the loop does the work (gunicorn's arbiter).
-    def stop(signum, frame):
-        server.shutdown()
-
-    def reload(signum, frame):
-        server.reload()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, stop)
-    signal.signal(signal.SIGHUP, reload)

@@ -35,35 +35,6 @@ class CallError(Exception):
         return text if self.code is None else "%s (code %d)" % (text, self.code)
 
 
-def add_arguments(parser):
-    """Adds `call`'s options to an argparse subparser."""
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="server name or address (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=7777, help="server port (default: 7777)")
-    parser.add_argument("--timeout", type=float, default=60.0, metavar="S",
-                        help="seconds the whole call may take (default: 60)")
-    parser.add_argument("--key-file", metavar="FILE",
-                        help="read the auth key from FILE (default: $%s)" % KEY_VARIABLE)
-    parser.add_argument("--json", action="store_true",
-                        help="print the reply object as received")
-    parser.add_argument("--list", action="store_true",
-                        help="list the commands this key may run")
-    parser.add_argument("--tls", action="store_true", help="connect with TLS")
-    parser.add_argument("--tls-ca", metavar="FILE",
-                        help="CA certificate(s) to verify the server with (default: the "
-                             "system's)")
-    parser.add_argument("--tls-cert", metavar="FILE", help="client certificate (mutual TLS)")
-    parser.add_argument("--tls-key", metavar="FILE", help="client certificate's private key")
-    parser.add_argument("--tls-server-name", metavar="NAME",
-                        help="name to verify the server certificate against "
-                             "(default: --host)")
-    parser.add_argument("command", nargs="?", metavar="COMMAND",
-                        help="'name' or 'cluster::name'")
-    # Only for --help: main() sets the arguments aside before argparse (split_argv).
-    parser.add_argument("arguments", nargs="*", metavar="ARG",
-                        help="passed to the command as they are, '--' and '-x' included")
-
-
 def run_call(args, stdout=None, stderr=None):
     """Runs `call`; returns the exit status."""
     stdout = stdout or sys.stdout

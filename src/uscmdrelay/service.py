@@ -1,0 +1,128 @@
+"""Running the server from the command line: logging, configuration, TLS, the systemd
+socket, signals, and the exit status of each way a start can fail.
+
+`serve(args)` takes the parsed command line and returns the exit status: 0 after a
+clean stop, 1 for a start-up failure, 2 for a configuration error.
+"""
+
+import logging
+import signal
+import sys
+
+from . import __version__, systemd
+from .config import ConfigError, find_config_dir, load_config
+from .server import Options, RelayServer, StartupError
+
+log = logging.getLogger("uscmdrelay")
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+EXIT_OK = 0
+EXIT_STARTUP = 1
+EXIT_CONFIG = 2
+
+
+def serve(args):
+    """Starts the server for the parsed command line; returns the exit status."""
+    try:
+        _setup_logging(args.log, args.log_level)
+    except OSError as error:
+        print("uscmdrelay: cannot open log file %s: %s" % (args.log, error.strerror),
+              file=sys.stderr)
+        return EXIT_STARTUP
+    try:
+        # The directory is settled once: a reload rereads the same files.
+        directory = args.config_dir or find_config_dir()
+        config = load_config(directory, shell_exec=args.shell_exec)
+    except ConfigError as error:
+        _fail("Config error: %s" % error, args.log)
+        return EXIT_CONFIG
+    for warning in config.warnings:
+        log.warning("config: %s", warning)
+    options = Options(host=args.host, port=args.port, timeout=args.timeout,
+                      max_output=args.max_output, max_request=args.max_request,
+                      request_timeout=args.request_timeout,
+                      max_connections=args.max_connections, shell_exec=args.shell_exec,
+                      shutdown_timeout=args.shutdown_timeout)
+    try:
+        tls_context = _tls_context(args)
+    except ValueError as error:
+        _fail("Config error: %s" % error, args.log)
+        return EXIT_CONFIG
+    try:
+        listeners = systemd.listen_sockets()
+    except OSError as error:
+        _fail("uscmdrelay: cannot use the socket passed by systemd: %s" % error.strerror,
+              args.log)
+        return EXIT_STARTUP
+    if listeners:
+        log.info("using %d listening socket(s) passed by systemd; --host and --port are "
+                 "ignored", len(listeners))
+    try:
+        server = RelayServer(config, options, listeners=listeners,
+                             loader=lambda: load_config(directory, args.shell_exec),
+                             tls_context=tls_context)
+    except StartupError as error:
+        _fail("uscmdrelay: %s" % error, args.log)
+        return EXIT_STARTUP
+    try:
+        _install_signal_handlers(server)
+        for host, port in server.addresses:
+            log.info("uscmdrelay %s listening on %s port %s%s (config %s: %d keys, "
+                     "%d clusters, %d commands)", __version__, host, port,
+                     "" if tls_context is None else
+                     " with mutual TLS" if args.tls_client_ca else " with TLS",
+                     config.directory, len(config.keys), len(config.clusters),
+                     config.command_count)
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return EXIT_OK
+
+
+def _tls_context(args):
+    """The server's SSLContext, or None without --tls-cert; raises ValueError."""
+    if not args.tls_cert:
+        if args.tls_key or args.tls_client_ca:
+            raise ValueError("--tls-key and --tls-client-ca need --tls-cert")
+        return None
+    from .tls import TLSError, server_context
+    try:
+        return server_context(args.tls_cert, args.tls_key, args.tls_client_ca)
+    except TLSError as error:
+        raise ValueError(str(error))
+
+
+def _fail(message, log_file):
+    """Reports a start-up failure on stderr, and in the log file when there is one."""
+    print(message, file=sys.stderr)
+    if log_file:
+        log.error("%s", message)
+
+
+def _setup_logging(log_file, level):
+    if log_file:
+        from logging.handlers import WatchedFileHandler
+        # WatchedFileHandler reopens the path when logrotate has moved the file.
+        handler = WatchedFileHandler(log_file)
+        formatter = logging.Formatter(LOG_FORMAT)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        # The journal timestamps each line itself and reads a <N> priority prefix.
+        formatter = (systemd.JournalFormatter("%(message)s") if systemd.stderr_is_journal()
+                     else logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(formatter)
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+
+
+def _install_signal_handlers(server):
+    # The handlers only ask the loop to act; the loop does the work (gunicorn's arbiter).
+    def stop(signum, frame):
+        server.shutdown()
+
+    def reload(signum, frame):
+        server.reload()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+    signal.signal(signal.SIGHUP, reload)
