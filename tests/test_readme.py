@@ -185,7 +185,7 @@ class QuickStartTest(ReadmeTestCase):
         self.assertEqual(actual[-1], "server exit status: 0", context)
 
         self.assertIn("listening on 127.0.0.1 port %s" % port, stderr)
-        self.assertIn('key="quick start" command="default::echo" '
+        self.assertIn('key="created by uscmdrelay init" command="default::echo" '
                       'arguments=["hello", "world"] code=0', stderr)
         auth_path = os.path.join(home, ".config", "uscmdrelay", "auth.conf")
         self.assertEqual(stat.S_IMODE(os.stat(auth_path).st_mode), 0o600)
