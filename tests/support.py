@@ -175,3 +175,50 @@ def decode_reply(data):
     text = data.decode("utf-8")
     assert text.endswith("\n") and text.count("\n") == 1, "not one line: %r" % text
     return json.loads(text)
+
+
+def stop_process(process, timeout=20.0):
+    """Stops a child by PID: SIGTERM, then SIGKILL if it is still there after `timeout`."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def start_class_server(cls, auth=DEFAULT_AUTH, relays=DEFAULT_RELAYS, args=()):
+    """For setUpClass: one server in a fresh config dir for the whole class, as
+    `cls.server` / `cls.config_dir`; `stop_class_server` undoes it."""
+    cls.config_dir = tempfile.mkdtemp(prefix="uscmdrelay-test-")
+    write_config(cls.config_dir, auth=auth, relays=relays)
+    try:
+        cls.server = ServerProcess(cls.config_dir, args=args)
+    except Exception:
+        shutil.rmtree(cls.config_dir, True)
+        raise
+
+
+def stop_class_server(cls):
+    """For tearDownClass: stops `cls.server` by PID and removes its config dir."""
+    try:
+        cls.server.stop()
+    finally:
+        shutil.rmtree(cls.config_dir, True)
+
+
+def run_pipeline(test, pipeline, env, timeout):
+    """Runs `pipeline` with sh -c in its own session; returns its stdout. Fails `test`
+    when it fails or does not finish within `timeout` seconds."""
+    process = subprocess.Popen(["sh", "-c", pipeline], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               universal_newlines=True, start_new_session=True, env=env)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        test.fail("%r did not finish within %g s" % (pipeline, timeout))
+    test.assertEqual(process.returncode, 0, "%r failed: %s" % (pipeline, err))
+    return out

@@ -15,7 +15,7 @@ import time
 import unittest
 
 from tests import support
-from tests.support import KEY, ServerProcess, start_server, write_config
+from tests.support import KEY, start_server
 
 CALL_TIMEOUT = 30.0
 WRONG_KEY = "wrong-key-0123456789abcdef"
@@ -124,20 +124,11 @@ class _SharedServer(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.config_dir = tempfile.mkdtemp(prefix="uscmdrelay-test-")
-        write_config(cls.config_dir, relays=CLIENT_RELAYS)
-        try:
-            cls.server = ServerProcess(cls.config_dir, args=SERVER_ARGS)
-        except Exception:
-            shutil.rmtree(cls.config_dir, True)
-            raise
+        support.start_class_server(cls, relays=CLIENT_RELAYS, args=SERVER_ARGS)
 
     @classmethod
     def tearDownClass(cls):
-        try:
-            cls.server.stop()
-        finally:
-            shutil.rmtree(cls.config_dir, True)
+        support.stop_class_server(cls)
 
     def call(self, *args, **kwargs):
         port = kwargs.pop("port", self.server.port)

@@ -8,7 +8,6 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
 import time
 import unittest
 
@@ -40,18 +39,9 @@ class _ClientTestCase(unittest.TestCase):
         Fails the test when the pipeline fails or does not finish within CLIENT_TIMEOUT.
         """
         env = dict(os.environ, HOST=self.server.host, PORT=str(self.server.port))
-        process = subprocess.Popen(["sh", "-c", pipeline], stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   universal_newlines=True, start_new_session=True, env=env)
         started = time.monotonic()
-        try:
-            out, err = process.communicate(timeout=CLIENT_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate()
-            self.fail("%r did not finish within %g s" % (pipeline, CLIENT_TIMEOUT))
+        out = support.run_pipeline(self, pipeline, env, CLIENT_TIMEOUT)
         self.elapsed = time.monotonic() - started
-        self.assertEqual(process.returncode, 0, "%r failed: %s" % (pipeline, err))
         return out
 
     def assertReply(self, out, message="via client"):

@@ -115,14 +115,7 @@ def alive(pid):
     return state not in ("Z", "X")
 
 
-def stop_process(process):
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+stop_process = support.stop_process
 
 
 def run_to_exit(test, args, program="pyz", timeout=20.0):

@@ -155,14 +155,7 @@ def run_cli(program, args, env=None):
     return process.returncode, out, err
 
 
-def stop_process(process):
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+stop_process = support.stop_process
 
 
 class ServiceTestCase(unittest.TestCase):

@@ -10,12 +10,11 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 import unittest
 
 from tests import certs, support
-from tests.support import KEY, ServerProcess, start_server
+from tests.support import KEY, start_server
 from tests.test_client import can_bind_ipv6_loopback, run_call
 
 CLIENT_TIMEOUT = 20.0
@@ -61,21 +60,12 @@ class _TLSServer(unittest.TestCase):
         if not certs.have_openssl():
             raise unittest.SkipTest("openssl is not installed")
         cls.pki = certs.certificates()
-        cls.config_dir = tempfile.mkdtemp(prefix="uscmdrelay-test-")
-        support.write_config(cls.config_dir, auth=TLS_AUTH, relays=TLS_RELAYS)
-        try:
-            cls.server = ServerProcess(cls.config_dir,
-                                       args=tls_server_args(cls.pki, cls.CLIENT_CA))
-        except Exception:
-            shutil.rmtree(cls.config_dir, True)
-            raise
+        support.start_class_server(cls, auth=TLS_AUTH, relays=TLS_RELAYS,
+                                   args=tls_server_args(cls.pki, cls.CLIENT_CA))
 
     @classmethod
     def tearDownClass(cls):
-        try:
-            cls.server.stop()
-        finally:
-            shutil.rmtree(cls.config_dir, True)
+        support.stop_class_server(cls)
 
     def call(self, *args, **kwargs):
         return run_call(self, ["--port", str(self.server.port)] + list(args), **kwargs)
@@ -110,17 +100,7 @@ class _TLSServer(unittest.TestCase):
         env = dict(os.environ, CA=self.pki.ca, PORT=str(self.server.port),
                    REQUEST=REQUEST_LINE, CERT=self.pki.client_cert,
                    CERT_KEY=self.pki.client_key)
-        process = subprocess.Popen(["sh", "-c", pipeline], stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   universal_newlines=True, start_new_session=True, env=env)
-        try:
-            out, err = process.communicate(timeout=CLIENT_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate()
-            self.fail("%r did not finish within %g s" % (pipeline, CLIENT_TIMEOUT))
-        self.assertEqual(process.returncode, 0, "%r failed: %s" % (pipeline, err))
-        return out
+        return support.run_pipeline(self, pipeline, env, CLIENT_TIMEOUT)
 
     def assertReplyLine(self, out):
         self.assertTrue(out.endswith("\n") and out.count("\n") == 1, repr(out))
