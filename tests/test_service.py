@@ -576,6 +576,20 @@ class CommandEnvironmentTest(ServiceTestCase):
         self.assertEqual(seen["fds"], [0, 1, 2])
         self.assertEqual(len(seen["listed"]), 4, seen["listed"])  # plus listdir's own
 
+    def test_descriptors_the_server_inherited_do_not_reach_commands(self):
+        # A parent (a shell script, a supervisor) may start the server with inheritable
+        # descriptors open; none of them may reach a command, with or without `cwd`.
+        directory = self.config_dir(RELAYS.replace(
+            "missing = /nonexistent/program\n", "missing = /nonexistent/program\n"
+            "reportcwd = {python} {report}\nreportcwd.cwd = /\n"))
+        server = ServerProcess(directory, program=self.program, wrapper=[
+            "sh", "-c", 'exec 7</dev/null 9>"$0"; exec "$@"',
+            os.path.join(directory, "inherited")])
+        self.addCleanup(server.stop)
+        for command in ("report", "reportcwd"):
+            with self.subTest(command=command):
+                self.assertEqual(self.report(server.port, command)["fds"], [0, 1, 2])
+
 
 class SourceCommandEnvironmentTest(CommandEnvironmentTest):
     program = "src"

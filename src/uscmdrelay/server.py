@@ -92,6 +92,8 @@ class RelayServer(object):
             from . import tls
             self._would_block += tls.WOULD_BLOCK
         self._listeners = listeners or [_listen(options.host, options.port)]
+        # From here on no command can inherit a descriptor we were started with.
+        executor.seal_descriptors()
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)
