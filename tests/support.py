@@ -153,12 +153,17 @@ def exchange(port, payload, host="127.0.0.1", half_close=True, timeout=REPLY_TIM
             sock.sendall(payload)
         if half_close:
             sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                break
-            chunks.append(data)
+        return read_until_closed(sock)
+
+
+def read_until_closed(sock):
+    """Every byte the peer sends until it closes the connection."""
+    chunks = []
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            break
+        chunks.append(data)
     return b"".join(chunks)
 
 

@@ -77,13 +77,7 @@ def body(command, auth_key=KEY):
 
 def receive(sock):
     """Reads until the server closes; returns the decoded reply."""
-    chunks = []
-    while True:
-        data = sock.recv(65536)
-        if not data:
-            break
-        chunks.append(data)
-    return decode_reply(b"".join(chunks))
+    return decode_reply(support.read_until_closed(sock))
 
 
 def wait_until(predicate, what, timeout=WAIT_SECONDS):
