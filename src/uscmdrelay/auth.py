@@ -1,4 +1,4 @@
-"""Deciding whether a request may run: key lookup and cluster grants.
+"""Deciding whether a request may run: key, source address, cluster grant, argument policy.
 
 Sans-IO: `authorize` takes a loaded `Config` and a `Request` and returns what to run, or
 raises the `RelayError` to answer with. It never runs anything and never logs the key.

@@ -1,10 +1,10 @@
-"""The TCP server: listener, connections, limits, and the audit log.
+"""The TCP server: listeners, connections, limits, TLS handshakes, reload and shutdown.
 
 One thread runs a selector loop that accepts connections and reads requests, so hundreds
 of idle or slow clients cost a socket each and nothing more. A complete request goes to a
-worker thread, which authorizes it, runs the command and writes the reply; commands
-therefore run concurrently and a slow one never delays another client. All the protocol
-decisions live in `protocol` and `auth`; all the process handling in `executor`.
+worker thread (`dispatch`), which authorizes it, runs the command, replies and writes the
+audit line; commands therefore run concurrently and a slow one never delays another
+client. Protocol decisions live in `protocol` and `auth`, process handling in `executor`.
 """
 
 import collections
