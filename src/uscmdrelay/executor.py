@@ -12,6 +12,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 from .protocol import COMMAND_NOT_STARTED, RelayError
@@ -98,10 +99,19 @@ def run(argv, timeout=None, max_output=1048576, env=None, cwd=None, cancel=None)
     bytes per stream is read and dropped, so memory stays bounded whatever it prints.
     """
     started = time.monotonic()
-    child = _start(argv, env, cwd)
+    with _starts_lock:
+        global _runs
+        _runs += 1
+        alone = _runs == 1
+    try:
+        child = _start(argv, env, cwd, alone)
+    except BaseException:
+        _end_run()
+        raise
     try:
         captures, timed_out = _collect(child, started, timeout, max_output, cancel)
     finally:
+        _end_run()
         child.close()
         if child.returncode is None:
             # Only reached when collecting itself failed: leave nothing running.
@@ -158,13 +168,23 @@ def _exit_code(status):
     return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
 
-# os.posix_spawn with setsid= (3.8+) costs the parent a sixth of Popen's CPU per start,
-# and the parent's CPU is what every other request waits for. But it cannot close
-# descriptors or chdir: it is used only once seal_descriptors() has made every inherited
-# descriptor close-on-exec, and a command with `cwd` (and Python < 3.8) goes through
-# Popen(close_fds=True).
+# How a command starts, measured on 2 cores (see the README's Performance section):
+# os.posix_spawn (3.8+) costs the parent a sixth of Popen's CPU, but holds the GIL until
+# the child has exec'd, while Popen lets other threads run meanwhile. So posix_spawn is
+# used when this is the only command running (lower latency), Popen when others run
+# (more throughput: ~11% at 16 clients). posix_spawn cannot close descriptors or chdir:
+# it is used only once seal_descriptors() has made every inherited descriptor
+# close-on-exec, and never for a command with `cwd`.
 _POSIX_SPAWN = sys.version_info >= (3, 8) and hasattr(os, "POSIX_SPAWN_DUP2")
 _sealed = False
+_starts_lock = threading.Lock()
+_runs = 0  # commands being run by this process
+
+
+def _end_run():
+    global _runs
+    with _starts_lock:
+        _runs -= 1
 
 
 def seal_descriptors():
@@ -194,10 +214,11 @@ _DEFAULT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ"
                          if hasattr(signal, name))
 
 
-def _start(argv, env, cwd):
-    """Starts `argv`; returns the `_Child` or raises RelayError(3002)."""
+def _start(argv, env, cwd, alone):
+    """Starts `argv`; returns the `_Child` or raises RelayError(3002). `alone`: no other
+    command is running."""
     try:
-        if _POSIX_SPAWN and _sealed and cwd is None:
+        if alone and _POSIX_SPAWN and _sealed and cwd is None:
             return _posix_spawn(argv, env)
         process = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
