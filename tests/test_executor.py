@@ -24,6 +24,7 @@ if support.SRC not in sys.path:
 
 from uscmdrelay import executor  # noqa: E402
 from uscmdrelay.config import Command  # noqa: E402
+from uscmdrelay.eventloop import Loop  # noqa: E402
 from uscmdrelay.protocol import COMMAND_NOT_STARTED, RelayError  # noqa: E402
 
 # A safety net only: a child that should finish on its own gets this long before the
@@ -539,6 +540,139 @@ class BuildArgv(ExecutorTestCase):
         argv = executor.build_argv(command, ["a b", "; id"], shell=True)
         outcome, _ = self.run_timed(argv)
         self.assertEqual(outcome.stdout_text(), "configured|a b|; id|")
+
+
+# The shell writes its own pid to "$1", then becomes a long sleep: a command that must be
+# ended by us, whose pid the test can check afterwards.
+SLEEP_WITH_PID_FILE = ["/bin/sh", "-c", 'echo $$ > "$1"; exec sleep 30', "sh"]
+
+
+class RunOnALoopTest(ExecutorTestCase):
+    """`Run` driven by a shared `eventloop.Loop`, its commands started by a `Starter`."""
+
+    def setUp(self):
+        self.loop = Loop()
+        self.starter = executor.Starter(self.loop)
+        self.runs = []
+        # Cleanups run last-added first: abort what is left, deliver the starts still in
+        # flight (an aborted one is killed then), and only then close the loop.
+        self.addCleanup(self.loop.close)
+        self.addCleanup(self.starter.wait_idle, DEATH_WAIT_SECONDS)
+        self.addCleanup(self.abort_runs)
+
+    def abort_runs(self):
+        for command in self.runs:
+            command.abort()
+
+    def start(self, argv, **kwargs):
+        """Creates a `Run` through the starter; returns it and the list its outcome lands
+        in."""
+        outcomes = []
+        kwargs.setdefault("timeout", SAFETY_TIMEOUT_SECONDS)
+        command = executor.Run(self.loop, argv, outcomes.append, starter=self.starter,
+                               **kwargs)
+        self.runs.append(command)
+        return command, outcomes
+
+    def drive(self, done, limit=SAFETY_TIMEOUT_SECONDS):
+        """Runs the loop until `done()` is true; fails the test after `limit` seconds."""
+        deadline = time.monotonic() + limit
+        while not done():
+            if time.monotonic() >= deadline:
+                self.fail("not done after %.0f s" % limit)
+            self.loop.run_once(0.05)
+
+    def finish(self, argv, **kwargs):
+        """Starts `argv` through the starter and drives it to its one outcome."""
+        _, outcomes = self.start(argv, **kwargs)
+        self.drive(lambda: outcomes)
+        self.loop.run_once(0)
+        self.assertEqual(len(outcomes), 1, "on_done was called more than once")
+        return outcomes[0]
+
+    def wait_for_pid(self, pid_file):
+        """The pid the command wrote; it runs even while the loop does not."""
+        deadline = time.monotonic() + DEATH_WAIT_SECONDS
+        while read_pid(pid_file) is None:
+            if time.monotonic() >= deadline:
+                self.fail("the command never wrote its pid")
+            time.sleep(0.01)
+        return read_pid(pid_file)
+
+    def assertProcessGone(self, pid):
+        """`pid` is not just dead but reaped: the executor waited for its child."""
+        with self.assertRaises(ProcessLookupError, msg="process %d still exists" % pid):
+            os.kill(pid, 0)
+
+    def test_a_run_through_a_starter_gives_the_same_outcome_as_run(self):
+        argv = ["/bin/sh", "-c", "echo out; echo err >&2; exit 3"]
+        expected = executor.run(argv, timeout=SAFETY_TIMEOUT_SECONDS)
+        outcome = self.finish(argv)
+        self.assertIsInstance(outcome, executor.Outcome)
+        self.assertEqual(
+            (outcome.stdout, outcome.stderr, outcome.exit_code, outcome.truncated,
+             outcome.timed_out),
+            (expected.stdout, expected.stderr, expected.exit_code, expected.truncated,
+             expected.timed_out))
+        self.assertEqual((outcome.stdout, outcome.stderr, outcome.exit_code),
+                         (b"out\n", b"err\n", 3))
+
+    def test_several_runs_on_one_loop_proceed_at_once_each_with_its_own_output(self):
+        count = 8
+        started = time.monotonic()
+        results = [self.start(["/bin/sh", "-c", "sleep 0.3; echo %d" % number])
+                   for number in range(count)]
+        self.drive(lambda: all(outcomes for _, outcomes in results))
+        elapsed = time.monotonic() - started
+        for number, (_, outcomes) in enumerate(results):
+            with self.subTest(number=number):
+                self.assertEqual(len(outcomes), 1)
+                self.assertEqual(outcomes[0].stdout, b"%d\n" % number)
+                self.assertEqual(outcomes[0].exit_code, 0)
+        # One after another would take 8 x 0.3 = 2.4 s; together, about 0.3 s.
+        self.assertLess(elapsed, 2.0)
+
+    def test_a_missing_program_arrives_as_a_3002_outcome_and_is_never_raised(self):
+        outcome = self.finish(["/nonexistent/program"])
+        self.assertIsInstance(outcome, RelayError)
+        self.assertEqual(outcome.code, COMMAND_NOT_STARTED)
+        self.assertIn("/nonexistent/program", str(outcome.message))
+
+    def test_abort_while_the_start_is_in_flight_leaves_no_process(self):
+        pid_file = self.pid_file(b"sleep")
+        command, outcomes = self.start(SLEEP_WITH_PID_FILE + [pid_file])
+        command.abort()
+        # The starter starts it anyway, and it runs until the start is delivered to the
+        # loop (which is not running): the aborted Run must kill it then.
+        pid = self.wait_for_pid(pid_file)
+        self.starter.wait_idle(DEATH_WAIT_SECONDS)
+        self.assertProcessGone(pid)
+        self.loop.run_once(0.1)
+        self.assertEqual(outcomes, [], "an aborted Run gave an outcome")
+
+    def test_cancel_before_the_start_is_delivered_ends_the_command_as_timed_out(self):
+        pid_file = self.pid_file(b"sleep")
+        # No timeout: only the cancel can end it before the drive's deadline.
+        command, outcomes = self.start(SLEEP_WITH_PID_FILE + [pid_file], timeout=None)
+        command.cancel()
+        pid = self.wait_for_pid(pid_file)
+        self.drive(lambda: outcomes, limit=10.0)
+        outcome = outcomes[0]
+        self.assertIsInstance(outcome, executor.Outcome)
+        self.assertTrue(outcome.timed_out)
+        self.assertEqual(outcome.exit_code, -signal.SIGTERM)
+        self.assertProcessGone(pid)
+
+    def test_the_timeout_kills_a_command_started_through_a_starter(self):
+        pid_file = self.pid_file(b"sleep")
+        _, outcomes = self.start(SLEEP_WITH_PID_FILE + [pid_file], timeout=0.3)
+        pid = self.wait_for_pid(pid_file)
+        self.drive(lambda: outcomes, limit=10.0)
+        outcome = outcomes[0]
+        self.assertIsInstance(outcome, executor.Outcome)
+        self.assertTrue(outcome.timed_out)
+        self.assertLess(outcome.exit_code, 0)
+        self.assertProcessGone(pid)
 
 
 if __name__ == "__main__":

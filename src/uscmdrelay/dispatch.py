@@ -1,17 +1,15 @@
-"""What a worker thread does with one complete request: authorize it, run the command
-within its limits, reply, and write the audit line.
+"""What the server does with one complete request: authorize it, start its command,
+reply when the command is over, and write the audit line.
 
-The selector loop in `server` hands each complete request to `Dispatcher.handle` in a
-worker thread; everything here may block (the command runs here), nothing here touches
-the loop's state.
+Everything here runs in the server's loop thread and must not block: a command is an
+`executor.Run` on the same loop, and a reply goes to the server's `respond(sock,
+pieces)`, which writes it as the client takes it.
 """
 
+import functools
 import json
 import logging
 import os
-import socket
-import threading
-import time
 
 from . import executor, systemd
 from .auth import authenticate, authorize, check_client_address, visible_commands
@@ -20,36 +18,46 @@ from .protocol import (ALREADY_RUNNING, COMMAND_FAILED, COMMAND_TIMED_OUT, INTER
 
 log = logging.getLogger("uscmdrelay")
 
-RECV_BYTES = 65536
-SEND_BYTES = 65536
-# After the reply, how long we wait for the client to close before we do. Closing a socket
-# with unread input makes the kernel send RST, which can destroy the reply in flight.
-LINGER_SECONDS = 1.0
-LINGER_DRAIN_BYTES = 65536
 LOG_ARGUMENTS_CHARS = 1000
 
 
-class Dispatcher(object):
-    """Serves complete requests with the server's `options`; `cancel` (an Event) kills
-    the commands still running when the server stops."""
+class _Job(object):
+    """A request whose command is running."""
 
-    def __init__(self, options, cancel):
+    __slots__ = ("sock", "address", "request", "grant", "command", "run")
+
+    def __init__(self, sock, address, request, grant, command):
+        self.sock = sock
+        self.address = address
+        self.request = request
+        self.grant = grant
+        self.command = command
+        self.run = None
+
+
+class Dispatcher(object):
+    """Serves complete requests with the server's `options` on its event `loop`;
+    `respond(sock, pieces)` sends a reply (an iterable of bytes) and closes the socket."""
+
+    def __init__(self, options, loop, respond):
         self.options = options
-        self.cancel = cancel
+        self._loop = loop
+        self._respond = respond
         # What every command inherits: our environment, less what describes our own
         # relation to systemd (sd_listen_fds(3): children must not see it).
         self._base_env = dict((name, value) for name, value in os.environ.items()
                               if name not in systemd.SERVICE_VARIABLES)
-        self._running_lock = threading.Lock()
         self._running = {}  # "cluster::name" -> runs in progress, for max_running
-        self._counts_lock = threading.Lock()
+        self._jobs = set()
+        self._starter = executor.Starter(loop) if executor.STARTS_OFF_LOOP else None
+        self._stopping = False
         self.requests = 0
         self.errors = 0
 
     def handle(self, sock, address, config, request):
-        """Answers one complete request on `sock` under `config`, then closes `sock`."""
+        """Answers one complete request on `sock` under `config`: at once, or when its
+        command is over."""
         grant = None
-        outcome = None
         try:
             # Known before anything else may refuse, so the audit line of a 1003, 1002,
             # 2003 or 2004 still says which key asked.
@@ -60,55 +68,95 @@ class Dispatcher(object):
                                               in visible_commands(config, grant)])
             else:
                 command = authorize(config, request, grant).command
-                outcome = self._run(command, address, request, grant)
-                code, reply = _reply_for(outcome, self._timeout(command),
-                                         self.cancel.is_set())
+                self._start(_Job(sock, address, request, grant, command))
+                return
         except RelayError as error:
             code, reply = error.code, error_reply(error.code, error.message)
         except Exception:
             log.exception("internal error while serving %s %s", format_address(address),
                           request.command)
             code, reply = INTERNAL_ERROR, error_reply(INTERNAL_ERROR)
-        self.audit(logging.INFO, address, grant, request, code, outcome)
-        _reply_and_close(sock, iter_reply(reply), self.options.request_timeout)
+        self._answer(sock, address, grant, request, code, reply)
+
+    def stop_commands(self):
+        """Ends every running command as a timeout would; their clients get 3003."""
+        self._stopping = True
+        for job in list(self._jobs):
+            job.run.cancel()
+
+    def abort_commands(self):
+        """Kills what is still running and drops its connection, without a reply."""
+        for job in list(self._jobs):
+            job.run.abort()
+            job.sock.close()
+        self._jobs.clear()
+        if self._starter is not None:
+            # A command a thread is starting now is killed as soon as it has started.
+            self._starter.wait_idle(executor.TERM_GRACE_SECONDS)
 
     def _timeout(self, command):
         timeout = command.policy.timeout
         return self.options.timeout if timeout is None else timeout
 
-    def _run(self, command, address, request, grant):
-        """Runs an authorized command within its max_running; returns the Outcome."""
+    def _start(self, job):
+        """Starts an authorized command within its max_running."""
+        command = job.command
         policy = command.policy
         shell = self.options.shell_exec if policy.shell is None else policy.shell
-        argv = executor.build_argv(command, request.arguments, shell)
+        argv = executor.build_argv(command, job.request.arguments, shell)
+        env = self._command_env(job.address, job.request, job.grant)
         self._start_run(command)
+        # Alone, a command starts soonest from the loop itself; with others running, a
+        # starter thread keeps the loop serving while this one starts.
+        starter = self._starter if self._jobs else None
         try:
-            return executor.run(argv, self._timeout(command) or None,
-                                self.options.max_output, cwd=policy.cwd,
-                                env=self._command_env(address, request, grant),
-                                cancel=self.cancel)
-        finally:
+            job.run = executor.Run(self._loop, argv, functools.partial(self._finished, job),
+                                   self._timeout(command) or None, self.options.max_output,
+                                   env=env, cwd=policy.cwd, starter=starter)
+        except BaseException:
             self._end_run(command)
+            raise
+        self._jobs.add(job)
+
+    def _finished(self, job, outcome):
+        """The command of `job` is over: reply."""
+        self._jobs.discard(job)
+        self._end_run(job.command)
+        try:
+            if isinstance(outcome, BaseException):
+                raise outcome  # it could not start
+            code, reply = _reply_for(outcome, self._timeout(job.command), self._stopping)
+        except RelayError as error:
+            code, reply = error.code, error_reply(error.code, error.message)
+        except Exception:
+            log.exception("internal error while serving %s %s",
+                          format_address(job.address), job.request.command)
+            code, reply = INTERNAL_ERROR, error_reply(INTERNAL_ERROR)
+        if not isinstance(outcome, executor.Outcome):
+            outcome = None
+        self._answer(job.sock, job.address, job.grant, job.request, code, reply, outcome)
+
+    def _answer(self, sock, address, grant, request, code, reply, outcome=None):
+        self.audit(logging.INFO, address, grant, request, code, outcome)
+        self._respond(sock, iter_reply(reply))
 
     def _start_run(self, command):
         """Counts a run of `command`; raises RelayError(3005) past its max_running."""
         limit = command.policy.max_running
         if limit is None:
             return
-        with self._running_lock:
-            running = self._running.get(command.full_name, 0)
-            if running >= limit:
-                raise RelayError(ALREADY_RUNNING, "command already running (max_running "
-                                 "is %d)" % limit)
-            self._running[command.full_name] = running + 1
+        running = self._running.get(command.full_name, 0)
+        if running >= limit:
+            raise RelayError(ALREADY_RUNNING, "command already running (max_running "
+                             "is %d)" % limit)
+        self._running[command.full_name] = running + 1
 
     def _end_run(self, command):
         if command.policy.max_running is None:
             return
-        with self._running_lock:
-            self._running[command.full_name] -= 1
-            if not self._running[command.full_name]:
-                del self._running[command.full_name]
+        self._running[command.full_name] -= 1
+        if not self._running[command.full_name]:
+            del self._running[command.full_name]
 
     def _command_env(self, address, request, grant):
         """The command's environment: ours, plus who called it (never the key itself)."""
@@ -121,10 +169,9 @@ class Dispatcher(object):
 
     def audit(self, level, address, grant, request, code, outcome=None):
         """Counts a request and writes its audit line (the key itself never appears)."""
-        with self._counts_lock:
-            self.requests += 1
-            if code != OK:
-                self.errors += 1
+        self.requests += 1
+        if code != OK:
+            self.errors += 1
         _audit(level, address, grant, request, code, outcome)
 
 
@@ -150,47 +197,6 @@ def _reply_for(outcome, timeout, stopping=False):
         code = COMMAND_FAILED
         message = (outcome.stderr_text() or outcome.stdout_text()).rstrip("\r\n")
     return code, command_reply(code, message, outcome)
-
-
-def _reply_and_close(sock, pieces, timeout):
-    """Sends the reply (an iterable of bytes), then closes the connection without
-    destroying the reply.
-
-    Blocking sends within one total timeout: a client that does not read its reply
-    within `timeout` seconds loses it, and the worker moves on.
-    """
-    deadline = time.monotonic() + timeout
-    try:
-        buffered = bytearray()
-        for piece in pieces:
-            buffered += piece
-            if len(buffered) >= SEND_BYTES:
-                _send_before(sock, buffered, deadline)
-                del buffered[:]
-        _send_before(sock, buffered, deadline)
-        sock.settimeout(LINGER_SECONDS)
-        if hasattr(sock, "unwrap"):
-            # TLS: close_notify tells the client the reply is complete, not cut off.
-            sock.unwrap()
-        sock.shutdown(socket.SHUT_WR)
-        drained = 0
-        while drained < LINGER_DRAIN_BYTES:
-            data = sock.recv(RECV_BYTES)
-            if not data:
-                break
-            drained += len(data)
-    except OSError:
-        pass
-    finally:
-        sock.close()
-
-
-def _send_before(sock, data, deadline):
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise socket.timeout("reply not read in time")
-    sock.settimeout(remaining)
-    sock.sendall(data)
 
 
 def format_address(address):

@@ -1,13 +1,15 @@
 """Running one configured command with limits: time, output size, its whole process group.
 
 This module starts a process, collects its output and reaps it; it knows nothing about
-sockets, keys or JSON. `run` either returns an `Outcome` or raises `RelayError(3002)` when
-the command could not be started at all.
+sockets, keys or JSON. A `Run` is one command driven by the server's event loop; `run` is
+the same on a loop of its own, blocking. Both give an `Outcome`, or raise
+`RelayError(3002)` when the command could not be started at all.
 """
 
 import errno
+import functools
 import os
-import select
+import queue
 import shlex
 import signal
 import subprocess
@@ -15,6 +17,7 @@ import sys
 import threading
 import time
 
+from .eventloop import EVENT_READ, Loop
 from .protocol import COMMAND_NOT_STARTED, RelayError
 
 # After SIGTERM, how long a timed-out command's process group gets before SIGKILL.
@@ -22,8 +25,8 @@ TERM_GRACE_SECONDS = 2.0
 # After the command exits, how long we keep reading pipes that a background child it left
 # behind still holds open. The reply must not wait for that child.
 EXIT_DRAIN_SECONDS = 0.5
-# While pipes stay open we cannot tell the command exited from an EOF, so we also look at
-# its status at least this often.
+# Without a pidfd, while pipes stay open we cannot tell the command exited from an EOF,
+# so we also look at its status at least this often.
 STATUS_POLL_SECONDS = 0.05
 READ_BYTES = 65536
 SHELL = "/bin/sh"
@@ -89,38 +92,224 @@ class _Capture(object):
         return b"".join(self.chunks)
 
 
-def run(argv, timeout=None, max_output=1048576, env=None, cwd=None, cancel=None):
-    """Runs `argv` and returns its `Outcome`; raises RelayError(3002) if it cannot start.
+class Run(object):
+    """One command in flight, driven by an `eventloop.Loop` it shares with its owner.
 
-    The child gets /dev/null as stdin, a session (and process group) of its own, and no
-    file descriptor above 2. `timeout` (seconds, None or 0 for none) ends the whole group:
-    SIGTERM, then SIGKILL after TERM_GRACE_SECONDS. Setting the threading.Event `cancel`
-    does the same at once (noticed within STATUS_POLL_SECONDS). Output past `max_output`
-    bytes per stream is read and dropped, so memory stays bounded whatever it prints.
+    Creating it starts the command, or raises RelayError(3002) if it cannot start; with
+    a `starter` the command is started by one of its threads instead, and a failure to
+    start arrives as the outcome. Its output is read and its exit noticed by the loop's
+    callbacks, and `on_done(outcome)` is called once, from the loop, when it is over:
+    an `Outcome`, or the exception that kept it from starting. `timeout` (seconds; None
+    or 0 for none) ends the whole process group: SIGTERM, then SIGKILL after
+    TERM_GRACE_SECONDS; `cancel()` does the same at once. Output past `max_output` bytes
+    per stream is read and dropped.
     """
-    started = time.monotonic()
-    with _starts_lock:
-        global _runs
-        _runs += 1
-        alone = _runs == 1
-    try:
-        child = _start(argv, env, cwd, alone)
-    except BaseException:
-        _end_run()
-        raise
-    try:
-        captures, timed_out = _collect(child, started, timeout, max_output, cancel)
-    finally:
-        _end_run()
-        child.close()
-        if child.returncode is None:
-            # Only reached when collecting itself failed: leave nothing running.
+
+    def __init__(self, loop, argv, on_done, timeout=None, max_output=1048576, env=None,
+                 cwd=None, starter=None):
+        self.started = time.monotonic()
+        self._loop = loop
+        self._on_done = on_done
+        self._stdout = _Capture(max_output)
+        self._stderr = _Capture(max_output)
+        self._child = None
+        self._open_pipes = {}
+        self._deadline = self.started + timeout if timeout else None
+        self._kill_at = None
+        self._exited_at = None
+        self.timed_out = False
+        self.done = False
+        self._cancel_when_started = False
+        self._timer = None
+        # Nothing left to read but not reaped yet (no pidfd): usually a matter of
+        # microseconds, so look again soon, then back off.
+        self._reap_wait = 0.0002
+        self._exit_fd = None
+        if starter is None or not starter.start(argv, env, cwd, self._started):
+            self._begin(_start(argv, env, cwd))
+
+    def _started(self, child, error):
+        """The starter's answer, in the loop's thread."""
+        if error is not None:
+            if not self.done:
+                self.done = True
+                self._on_done(error)
+        elif self.done:
+            child.close()  # aborted while it was starting
+            _kill_and_reap(child)
+        else:
+            self._begin(child)
+            if self._cancel_when_started:
+                self.cancel()
+
+    def _begin(self, child):
+        """Watches a started child."""
+        self._child = child
+        self._open_pipes = {child.stdout_fd: self._stdout, child.stderr_fd: self._stderr}
+        try:
+            for fd in self._open_pipes:
+                os.set_blocking(fd, False)
+                self._loop.watch(fd, EVENT_READ, self._read)
+            self._exit_fd = _exit_descriptor(self._child.pid)
+            if self._exit_fd is not None:
+                self._loop.watch(self._exit_fd, EVENT_READ, self._exit_seen)
+        except BaseException:
+            self.abort()
+            raise
+        self._schedule(time.monotonic())
+
+    def cancel(self):
+        """Ends the command's process group as a timeout would (the server stops)."""
+        if self._child is None:
+            self._cancel_when_started = True
+        elif not self.done and self._exited_at is None and not self.timed_out:
+            self._terminate(time.monotonic())
+            self._advance()
+
+    def abort(self):
+        """Kills and reaps the command and lets go of everything, without an outcome."""
+        if not self.done:
+            self.done = True
+            if self._child is not None:
+                self._let_go()
+                _kill_and_reap(self._child)
+
+    def _read(self, fd):
+        try:
+            data = os.read(fd, READ_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        if data:
+            self._open_pipes[fd].add(data)
+            return
+        self._loop.unwatch(fd)
+        del self._open_pipes[fd]
+        self._advance()
+
+    def _exit_seen(self, fd):
+        self._loop.unwatch(fd)
+        os.close(fd)
+        self._exit_fd = None
+        self._advance()
+
+    def _advance(self):
+        """Looks at the command's state and acts on it; the one place decisions happen."""
+        if self.done:
+            return
+        now = time.monotonic()
+        child = self._child
+        # With a pidfd the exit is an event; without one, every look polls for it.
+        if self._exited_at is None and self._exit_fd is None and child.poll() is not None:
+            self._exited_at = now
+        if self._exited_at is not None and (
+                not self._open_pipes or now >= self._exited_at + EXIT_DRAIN_SECONDS):
+            self._finish()
+            return
+        # Only a command still running can time out: one that exited in time has not, even
+        # if the deadline passes while its leftovers hold the pipes and we drain them.
+        if (not self.timed_out and self._exited_at is None and self._deadline is not None
+                and now >= self._deadline):
+            self._terminate(now)
+        if self._kill_at is not None and now >= self._kill_at:
             _signal_group(child.pid, signal.SIGKILL)
-            child.wait()
-    stdout, stderr = captures
-    return Outcome(child.returncode, stdout.value(), stderr.value(),
-                   bool(stdout.dropped or stderr.dropped), timed_out,
-                   round((time.monotonic() - started) * 1000.0, 1))
+            self._kill_at = None
+        self._schedule(now)
+
+    def _schedule(self, now):
+        """Sets the timer for the next time `_advance` must look, if any."""
+        if self._exited_at is not None:
+            when = self._exited_at + EXIT_DRAIN_SECONDS
+        else:
+            when = None
+            if self._exit_fd is None:
+                if self._open_pipes:
+                    when = now + STATUS_POLL_SECONDS
+                else:
+                    when = now + self._reap_wait
+                    self._reap_wait = min(self._reap_wait * 2, STATUS_POLL_SECONDS)
+            if self._kill_at is not None:
+                when = _earlier(when, self._kill_at)
+            elif self._deadline is not None and not self.timed_out:
+                when = _earlier(when, self._deadline)
+        if self._timer is not None and not self._timer.cancelled:
+            if self._timer.when == when:
+                return
+            self._timer.cancel()
+        self._timer = None if when is None else self._loop.call_at(when, self._advance)
+
+    def _terminate(self, now):
+        self.timed_out = True
+        _signal_group(self._child.pid, signal.SIGTERM)
+        self._kill_at = now + TERM_GRACE_SECONDS
+
+    def _finish(self):
+        self.done = True
+        self._let_go()
+        if self.timed_out:
+            # The command is gone; whatever of its group ignored SIGTERM goes now.
+            _signal_group(self._child.pid, signal.SIGKILL)
+        stdout, stderr = self._stdout, self._stderr
+        self._on_done(Outcome(self._child.returncode, stdout.value(), stderr.value(),
+                              bool(stdout.dropped or stderr.dropped), self.timed_out,
+                              round((time.monotonic() - self.started) * 1000.0, 1)))
+
+    def _let_go(self):
+        """Stops watching and closes our descriptors."""
+        if self._timer is not None:
+            self._timer.cancel()
+        for fd in self._open_pipes:
+            self._loop.unwatch(fd)
+        self._open_pipes = {}
+        if self._exit_fd is not None:
+            self._loop.unwatch(self._exit_fd)
+            os.close(self._exit_fd)
+            self._exit_fd = None
+        self._child.close()
+
+
+def _kill_and_reap(child):
+    if child.returncode is None:
+        _signal_group(child.pid, signal.SIGKILL)
+        child.wait()
+
+
+def _earlier(when, other):
+    return other if when is None else min(when, other)
+
+
+def _exit_descriptor(pid):
+    """A pidfd that becomes readable when `pid` exits (Linux 5.3+, Python 3.9+), or None:
+    then the exit is noticed by polling."""
+    if _pidfd_open is None:
+        return None
+    try:
+        return _pidfd_open(pid)
+    except OSError:
+        return None  # an older kernel, or a sandbox that forbids the call
+
+
+_pidfd_open = getattr(os, "pidfd_open", None)
+
+
+def run(argv, timeout=None, max_output=1048576, env=None, cwd=None, cancel=None):
+    """Runs `argv` to the end and returns its `Outcome`; raises RelayError(3002) if it
+    cannot start. The blocking form of `Run`, on a loop of its own; setting the
+    threading.Event `cancel` ends the command like a timeout (noticed within
+    STATUS_POLL_SECONDS)."""
+    loop = Loop()
+    outcomes = []
+    command = None
+    try:
+        command = Run(loop, argv, outcomes.append, timeout, max_output, env, cwd)
+        while not outcomes:
+            loop.run_once(STATUS_POLL_SECONDS if cancel is not None else None)
+            if cancel is not None and cancel.is_set():
+                command.cancel()
+    finally:
+        if command is not None:
+            command.abort()  # only does something when running itself failed
+        loop.close()
+    return outcomes[0]
 
 
 class _Child(object):
@@ -168,23 +357,12 @@ def _exit_code(status):
     return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
 
-# How a command starts, measured on 2 cores (see the README's Performance section):
-# os.posix_spawn (3.8+) costs the parent a sixth of Popen's CPU, but holds the GIL until
-# the child has exec'd, while Popen lets other threads run meanwhile. So posix_spawn is
-# used when this is the only command running (lower latency), Popen when others run
-# (more throughput: ~11% at 16 clients). posix_spawn cannot close descriptors or chdir:
-# it is used only once seal_descriptors() has made every inherited descriptor
-# close-on-exec, and never for a command with `cwd`.
+# How a command starts. os.posix_spawn (3.8+) costs the parent a fraction of Popen's
+# CPU time, and the loop does nothing else meanwhile, so it is used whenever it can be:
+# it cannot close descriptors or chdir, so only once seal_descriptors() has made every
+# inherited descriptor close-on-exec, and never for a command with `cwd`.
 _POSIX_SPAWN = sys.version_info >= (3, 8) and hasattr(os, "POSIX_SPAWN_DUP2")
 _sealed = False
-_starts_lock = threading.Lock()
-_runs = 0  # commands being run by this process
-
-
-def _end_run():
-    global _runs
-    with _starts_lock:
-        _runs -= 1
 
 
 def seal_descriptors():
@@ -214,11 +392,11 @@ _DEFAULT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ"
                          if hasattr(signal, name))
 
 
-def _start(argv, env, cwd, alone):
-    """Starts `argv`; returns the `_Child` or raises RelayError(3002). `alone`: no other
-    command is running."""
+def _start(argv, env, cwd, posix_spawn=True):
+    """Starts `argv`; returns the `_Child` or raises RelayError(3002). `posix_spawn`:
+    it may be used (else Popen is)."""
     try:
-        if alone and _POSIX_SPAWN and _sealed and cwd is None:
+        if posix_spawn and _POSIX_SPAWN and _sealed and cwd is None:
             return _posix_spawn(argv, env)
         process = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -234,6 +412,68 @@ def _start(argv, env, cwd, alone):
                              "is not a directory" % (argv[0], cwd))
         raise RelayError(COMMAND_NOT_STARTED, "cannot start %s: %s"
                          % (argv[0], _start_failure(error)))
+
+
+# Popen drops the GIL while its vfork()ed child gets to exec (CPython 3.12, and 3.11.6
+# by backport: gh-104372); os.posix_spawn holds it throughout. With other commands
+# running, that wait is long (the child waits for a CPU too), and a loop blocked
+# meanwhile serves nobody: so then commands are started by threads, with Popen.
+STARTS_OFF_LOOP = (sys.version_info >= (3, 11, 6)
+                   and bool(getattr(subprocess, "_USE_VFORK", False)))
+STARTER_THREADS = 2
+
+
+class Starter(object):
+    """Threads that start commands for the `Run`s of one loop."""
+
+    def __init__(self, loop, threads=STARTER_THREADS):
+        self._loop = loop
+        self._queue = queue.Queue()
+        self._max_threads = threads
+        self._threads = 0
+        self._lock = threading.Lock()
+        self._busy = 0  # starts queued or in progress
+        self._idle = threading.Condition(self._lock)
+
+    def start(self, argv, env, cwd, on_started):
+        """Starts `argv` in a thread and calls `on_started(child, error)` in the loop's
+        thread. Returns False, and starts nothing, if no thread can be had."""
+        if self._threads < self._max_threads:
+            thread = threading.Thread(target=self._work, name="uscmdrelay-starter")
+            thread.daemon = True
+            try:
+                thread.start()
+            except RuntimeError:
+                if not self._threads:
+                    return False  # out of threads: the caller starts it itself
+            else:
+                self._threads += 1
+        with self._lock:
+            self._busy += 1
+        self._queue.put((argv, env, cwd, on_started))
+        return True
+
+    def wait_idle(self, timeout):
+        """Waits up to `timeout` s for the starts in progress, then delivers them."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._busy and time.monotonic() < deadline:
+                self._idle.wait(max(0.0, deadline - time.monotonic()))
+        self._loop.run_from_threads()
+
+    def _work(self):
+        while True:
+            argv, env, cwd, on_started = self._queue.get()
+            child = error = None
+            try:
+                child = _start(argv, env, cwd, posix_spawn=False)
+            except Exception as caught:
+                error = caught
+            self._loop.call_from_thread(functools.partial(on_started, child, error))
+            with self._lock:
+                self._busy -= 1
+                if not self._busy:
+                    self._idle.notify_all()
 
 
 def _posix_spawn(argv, env):
@@ -260,65 +500,6 @@ def _posix_spawn(argv, env):
         os.close(stdout_w)
         os.close(stderr_w)
     return _Child(pid, stdout_r, stderr_r)
-
-
-def _collect(process, started, timeout, max_output, cancel):
-    stdout, stderr = _Capture(max_output), _Capture(max_output)
-    open_pipes = {process.stdout_fd: stdout, process.stderr_fd: stderr}
-    poller = select.poll()
-    for fd in open_pipes:
-        poller.register(fd, select.POLLIN)
-    deadline = started + timeout if timeout else None
-    kill_at = None
-    exited_at = None
-    timed_out = False
-    # Nothing left to read but not reaped yet: usually a matter of microseconds, so look
-    # again soon, then back off.
-    reap_wait = 0.0002
-    while True:
-        now = time.monotonic()
-        if exited_at is None and process.poll() is not None:
-            exited_at = now
-        if exited_at is not None and (not open_pipes or now >= exited_at + EXIT_DRAIN_SECONDS):
-            break
-        # Only a command still running can time out: one that exited in time has not, even
-        # if the deadline passes while its leftovers hold the pipes and we drain them.
-        if not timed_out and exited_at is None and (
-                (deadline is not None and now >= deadline)
-                or (cancel is not None and cancel.is_set())):
-            timed_out = True
-            _signal_group(process.pid, signal.SIGTERM)
-            kill_at = now + TERM_GRACE_SECONDS
-        if kill_at is not None and now >= kill_at:
-            _signal_group(process.pid, signal.SIGKILL)
-            kill_at = None
-        poller_wait = _next_wait(now, open_pipes, exited_at, deadline, timed_out, kill_at,
-                                 reap_wait)
-        if not open_pipes and exited_at is None:
-            reap_wait = min(reap_wait * 2, STATUS_POLL_SECONDS)
-        for fd, _ in poller.poll(poller_wait * 1000.0):
-            data = os.read(fd, READ_BYTES)
-            if data:
-                open_pipes[fd].add(data)
-            else:
-                poller.unregister(fd)
-                del open_pipes[fd]
-    if timed_out:
-        # The command is gone; whatever of its group ignored SIGTERM goes now.
-        _signal_group(process.pid, signal.SIGKILL)
-    return (stdout, stderr), timed_out
-
-
-def _next_wait(now, open_pipes, exited_at, deadline, timed_out, kill_at, reap_wait):
-    """Seconds the poller may sleep before something needs looking at."""
-    if exited_at is not None:
-        return max(0.0, exited_at + EXIT_DRAIN_SECONDS - now)
-    wait = STATUS_POLL_SECONDS if open_pipes else reap_wait
-    if kill_at is not None:
-        wait = min(wait, kill_at - now)
-    elif deadline is not None and not timed_out:
-        wait = min(wait, deadline - now)
-    return max(0.0, wait)
 
 
 def _signal_group(pgid, signum):

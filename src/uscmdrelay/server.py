@@ -1,27 +1,25 @@
 """The TCP server: listeners, connections, limits, TLS handshakes, reload and shutdown.
 
-One thread runs a selector loop that accepts connections and reads requests, so hundreds
-of idle or slow clients cost a socket each and nothing more. A complete request goes to a
-worker thread (`dispatch`), which authorizes it, runs the command, replies and writes the
-audit line; commands therefore run concurrently and a slow one never delays another
-client. Protocol decisions live in `protocol` and `auth`, process handling in `executor`.
+One thread runs an event loop (`eventloop`) that accepts connections, reads requests,
+runs their commands (`dispatch`, `executor`) and writes replies, none of it blocking: an
+idle or slow client costs a socket and nothing more, commands run concurrently, and a
+slow one never delays another client. Protocol decisions live in `protocol` and `auth`,
+process handling in `executor`.
 """
 
 import collections
 import errno
 import logging
 import os
-import selectors
 import socket
-import threading
 import time
 
 from . import executor, systemd
 from .config import ConfigError
-from .dispatch import LINGER_SECONDS, RECV_BYTES, Dispatcher, format_address
+from .dispatch import Dispatcher, format_address
+from .eventloop import EVENT_READ, EVENT_WRITE, Loop
 from .protocol import (INTERNAL_ERROR, REQUEST_TIMEOUT, SERVER_BUSY, RelayError,
                        RequestReader, encode_reply, error_reply)
-from .workers import Workers
 
 log = logging.getLogger("uscmdrelay")
 
@@ -32,6 +30,11 @@ ACCEPT_PAUSE_SECONDS = 0.1
 # After --shutdown-timeout the commands still running are killed (SIGTERM, then SIGKILL
 # after the executor's grace); this long past that the server exits whatever is left.
 SHUTDOWN_KILL_SECONDS = executor.TERM_GRACE_SECONDS + 3.0
+RECV_BYTES = 65536
+SEND_BYTES = 65536
+# After the reply, how long we wait for the client to close before we do. Closing a socket
+# with unread input makes the kernel send RST, which can destroy the reply in flight.
+LINGER_SECONDS = 1.0
 
 
 class Options(object):
@@ -72,6 +75,33 @@ class _Client(object):
         self.config = config
 
 
+class _Reply(object):
+    """A reply being written: the rest of its `pieces` (bytes), the `chunk` in flight,
+    the `deadline` for all of it, and whether its connection `counted` against
+    --max-connections."""
+
+    __slots__ = ("pieces", "chunk", "deadline", "counted", "close_notify_sent")
+
+    def __init__(self, pieces, deadline, counted):
+        self.pieces = iter(pieces)
+        self.chunk = None
+        self.deadline = deadline
+        self.counted = counted
+        self.close_notify_sent = False
+
+    def next_chunk(self):
+        """The next SEND_BYTES or so of the reply, or None at its end. A chunk is kept
+        until it is all sent: a TLS write that would block must be retried as it was."""
+        parts = []
+        size = 0
+        for piece in self.pieces:
+            parts.append(piece)
+            size += len(piece)
+            if size >= SEND_BYTES:
+                break
+        return memoryview(b"".join(parts)) if size else None
+
+
 class RelayServer(object):
     """Serves `config` (a config.Config) with `options`.
 
@@ -88,27 +118,26 @@ class RelayServer(object):
         # With TLS every accepted socket is wrapped and handshakes inside the loop.
         self._tls = tls_context
         self._would_block = (BlockingIOError, InterruptedError)
+        self._want_read = ()  # what says a TLS write must wait for the socket to read
         if tls_context is not None:
             from . import tls
             self._would_block += tls.WOULD_BLOCK
+            self._want_read = tls.WOULD_BLOCK[0]
         self._listeners = listeners or [_listen(options.host, options.port)]
         # From here on no command can inherit a descriptor we were started with.
         executor.seal_descriptors()
-        self._wake_r, self._wake_w = os.pipe()
-        for fd in (self._wake_r, self._wake_w):
-            os.set_blocking(fd, False)
-        self._selector = selectors.DefaultSelector()
-        self._reading = collections.OrderedDict()    # sock -> _Client, oldest first
+        self._loop = Loop()
+        # Each table is in deadline order, since its entries all get the same allowance.
+        self._reading = collections.OrderedDict()    # sock -> _Client
+        self._sending = collections.OrderedDict()    # sock -> _Reply
         self._lingering = collections.OrderedDict()  # sock -> close deadline
         self._accept_paused_until = None
-        self._open_lock = threading.Lock()
-        self._open = 0
+        self._open = 0  # connections counted against --max-connections
         self._stopping = False
         self._draining_until = None
+        self._commands_stopped = False
         self._reload_requested = False
-        self._cancel = threading.Event()
-        self._workers = Workers()
-        self._dispatcher = Dispatcher(options, self._cancel)
+        self._dispatcher = Dispatcher(options, self._loop, self._respond)
 
     @property
     def address(self):
@@ -121,49 +150,38 @@ class RelayServer(object):
 
     @property
     def open_connections(self):
-        with self._open_lock:
-            return self._open
+        return self._open
 
     def shutdown(self):
         """Stops accepting at once; serve_forever() returns when the requests in flight
         are answered, or --shutdown-timeout later (their commands killed, code 3003)."""
         self._stopping = True
-        self._wake()
+        self._loop.wake()
 
     def reload(self):
         """Asks the loop to reload the configuration (SIGHUP)."""
         self._reload_requested = True
-        self._wake()
-
-    def _wake(self):
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass  # the pipe is full, so the loop will wake anyway
+        self._loop.wake()
 
     def serve_forever(self):
-        selector = self._selector
+        loop = self._loop
         for listener in self._listeners:
-            selector.register(listener, selectors.EVENT_READ, self._accept)
-        selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wake_pipe)
+            loop.watch(listener, EVENT_READ, self._accept)
         systemd.notify("READY=1", "MAINPID=%d" % os.getpid(), "STATUS=" + self._status())
         try:
             while not self._finished():
-                for key, _ in selector.select(self._next_timeout()):
-                    try:
-                        key.data(key.fileobj)
-                    except Exception:
-                        # A bug must cost one connection at most, never the server.
-                        log.exception("internal error in the connection loop")
-                        self._drop(key.fileobj)
+                loop.run_once(self._next_timeout(), self._callback_failed)
                 if self._reload_requested:
                     self._reload()
                 if self._stopping and self._draining_until is None:
                     self._begin_drain()
                 self._expire(time.monotonic())
         finally:
+            self._dispatcher.abort_commands()
             for sock in list(self._reading):
                 self._close_reading(sock)
+            for sock in list(self._sending):
+                self._abandon_reply(sock)
             for sock in list(self._lingering):
                 self._end_linger(sock)
         log.info("stopped: %d requests served, %d of them errors",
@@ -174,7 +192,7 @@ class RelayServer(object):
             return False
         if not self.open_connections:
             return True
-        # Past the deadline the running commands were cancelled; give them the kill grace.
+        # Past the deadline the running commands were stopped; give them the kill grace.
         return time.monotonic() >= self._draining_until + SHUTDOWN_KILL_SECONDS
 
     def _status(self):
@@ -185,8 +203,7 @@ class RelayServer(object):
     def _begin_drain(self):
         """Stops accepting; the requests in flight get --shutdown-timeout to finish."""
         for listener in self._listeners:
-            if self._accept_paused_until is None:
-                self._selector.unregister(listener)
+            self._loop.unwatch(listener)
             listener.close()
         self._accept_paused_until = None
         self._draining_until = time.monotonic() + self.options.shutdown_timeout
@@ -222,14 +239,12 @@ class RelayServer(object):
         systemd.notify("READY=1", "STATUS=" + self._status())
 
     def server_close(self):
-        """Closes the listeners and the wake pipe."""
+        """Closes the listeners and the event loop."""
         try:
-            self._selector.close()
+            self._loop.close()
         finally:
             for listener in self._listeners:
                 listener.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -237,13 +252,15 @@ class RelayServer(object):
         deadlines = []
         if self._reading:
             deadlines.append(next(iter(self._reading.values())).deadline)
+        if self._sending:
+            deadlines.append(next(iter(self._sending.values())).deadline)
         if self._lingering:
             deadlines.append(next(iter(self._lingering.values())))
         if self._accept_paused_until is not None:
             deadlines.append(self._accept_paused_until)
         if self._draining_until is not None:
             deadline = self._draining_until
-            if self._cancel.is_set():
+            if self._commands_stopped:
                 deadline += SHUTDOWN_KILL_SECONDS
             deadlines.append(deadline)
         if not deadlines:
@@ -251,7 +268,6 @@ class RelayServer(object):
         return max(0.0, min(deadlines) - time.monotonic())
 
     def _expire(self, now):
-        # Both tables are in deadline order, since every entry gets the same allowance.
         while self._reading:
             sock, client = next(iter(self._reading.items()))
             if client.deadline > now:
@@ -259,6 +275,11 @@ class RelayServer(object):
             self._answer_from_loop(sock, client.address, RelayError(
                 REQUEST_TIMEOUT, "request not complete within %g s"
                 % self.options.request_timeout))
+        while self._sending:
+            sock, reply = next(iter(self._sending.items()))
+            if reply.deadline > now:
+                break
+            self._abandon_reply(sock)  # a client that does not read its reply loses it
         while self._lingering:
             sock, deadline = next(iter(self._lingering.items()))
             if deadline > now:
@@ -267,19 +288,25 @@ class RelayServer(object):
         if self._accept_paused_until is not None and self._accept_paused_until <= now:
             self._accept_paused_until = None
             for listener in self._listeners:
-                self._selector.register(listener, selectors.EVENT_READ, self._accept)
-        if self._draining_until is not None and now >= self._draining_until:
-            self._cancel.set()
+                self._loop.watch(listener, EVENT_READ, self._accept)
+        if (self._draining_until is not None and now >= self._draining_until
+                and not self._commands_stopped):
+            self._commands_stopped = True
+            self._dispatcher.stop_commands()
             while self._reading:
                 sock, client = next(iter(self._reading.items()))
                 self._answer_from_loop(sock, client.address, RelayError(
                     REQUEST_TIMEOUT, "request not complete when the server stopped"))
 
-    def _drop(self, fileobj):
-        """Cleans up after an unexpected error in a loop callback for `fileobj`."""
+    def _callback_failed(self, fileobj):
+        """A loop callback raised: a bug must cost one connection at most, never the
+        server. Called inside the except block."""
+        log.exception("internal error in the connection loop")
         if fileobj in self._reading:
             client = self._reading[fileobj]
             self._answer_from_loop(fileobj, client.address, RelayError(INTERNAL_ERROR))
+        elif fileobj in self._sending:
+            self._abandon_reply(fileobj)
         elif fileobj in self._lingering:
             self._end_linger(fileobj)
         elif fileobj in self._listeners and self._accept_paused_until is None:
@@ -287,14 +314,8 @@ class RelayServer(object):
 
     def _pause_accept(self):
         for listener in self._listeners:
-            self._selector.unregister(listener)
+            self._loop.unwatch(listener)
         self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE_SECONDS
-
-    def _drain_wake_pipe(self, fd):
-        try:
-            os.read(fd, 4096)
-        except OSError:
-            pass
 
     def _accept(self, listener):
         for _ in range(ACCEPTS_PER_WAKE):
@@ -315,13 +336,10 @@ class RelayServer(object):
             # The reply is one write; with TLS, session tickets go out just before it,
             # and Nagle would hold the reply until the client's delayed ACK (~40 ms).
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._open_lock:
-                busy = self._open >= self.options.max_connections
-                if not busy:
-                    self._open += 1
-            if busy:
+            if self._open >= self.options.max_connections:
                 self._refuse_busy(sock, address)
                 continue
+            self._open += 1
             callback = self._read
             if self._tls is not None:
                 try:
@@ -337,7 +355,7 @@ class RelayServer(object):
             client = _Client(sock, address, RequestReader(self.options.max_request),
                              time.monotonic() + self.options.request_timeout, self.config)
             self._reading[sock] = client
-            self._selector.register(sock, selectors.EVENT_READ, callback)
+            self._loop.watch(sock, EVENT_READ, callback)
 
     def _handshake(self, sock):
         """Advances a TLS handshake; once done, the connection is read like any other."""
@@ -345,10 +363,10 @@ class RelayServer(object):
         try:
             sock.do_handshake()
         except tls.WANT_WRITE:
-            self._selector.modify(sock, selectors.EVENT_WRITE, self._handshake)
+            self._loop.rewatch(sock, EVENT_WRITE, self._handshake)
             return
         except self._would_block:
-            self._selector.modify(sock, selectors.EVENT_READ, self._handshake)
+            self._loop.rewatch(sock, EVENT_READ, self._handshake)
             return
         except (OSError, ValueError) as error:
             # A plaintext client, a bad or missing client certificate, a port scanner.
@@ -356,7 +374,7 @@ class RelayServer(object):
                      format_address(self._reading[sock].address), error)
             self._close_reading(sock)
             return
-        self._selector.modify(sock, selectors.EVENT_READ, self._read)
+        self._loop.rewatch(sock, EVENT_READ, self._read)
         self._read(sock)  # the request may have come with the handshake's last flight
 
     def _refuse_busy(self, sock, address):
@@ -367,7 +385,7 @@ class RelayServer(object):
             # A reply would need a handshake first, which is work a busy server refuses.
             sock.close()
             return
-        self._send_and_linger(sock, encode_reply(error_reply(error.code, error.message)))
+        self._send(sock, [encode_reply(error_reply(error.code, error.message))], False)
 
     def _read(self, sock):
         client = self._reading[sock]
@@ -389,42 +407,84 @@ class RelayServer(object):
             # TLS may hold decrypted bytes the selector cannot see: read them now.
             if self._tls is None or not sock.pending():
                 return
-        self._selector.unregister(sock)
+        self._loop.unwatch(sock)
         del self._reading[sock]
-        try:
-            self._workers.submit(lambda: self._serve(sock, client, request))
-        except RuntimeError as error:
-            # "can't start new thread": out of memory or of the process' thread limit.
-            log.error("cannot start a worker thread: %s", error)
-            self._release()
-            self._send_and_linger(sock, encode_reply(error_reply(
-                SERVER_BUSY, "server busy: cannot start a worker")))
+        self._dispatcher.handle(sock, client.address, client.config, request)
 
     def _answer_from_loop(self, sock, address, error):
         """Answers a request that failed before it was complete, then lets it go."""
-        self._selector.unregister(sock)
+        self._loop.unwatch(sock)
         del self._reading[sock]
-        self._release()
         self._dispatcher.audit(logging.INFO, address, None, None, error.code)
-        self._send_and_linger(sock, encode_reply(error_reply(error.code, error.message)))
+        self._send(sock, [encode_reply(error_reply(error.code, error.message))], True)
 
-    def _send_and_linger(self, sock, payload):
+    def _respond(self, sock, pieces):
+        """Sends the reply to a request the dispatcher has answered."""
+        self._send(sock, pieces, True)
+
+    def _send(self, sock, pieces, counted):
+        """Writes a reply (an iterable of bytes) as the client takes it, within
+        --request-timeout, then closes the connection without destroying the reply.
+        `counted`: the connection counts against --max-connections until then."""
+        reply = _Reply(pieces, time.monotonic() + self.options.request_timeout, counted)
+        self._write(sock, reply, False)  # most replies fit in the socket's buffer
+
+    def _write_ready(self, sock):
+        self._write(sock, self._sending[sock], True)
+
+    def _write(self, sock, reply, waiting):
+        """Writes what the socket takes now; waits for it to take more (`waiting`: it
+        already does), or lets the connection linger once the reply is out."""
         try:
-            sock.send(payload)
+            while True:
+                if not reply.chunk:
+                    reply.chunk = reply.next_chunk()
+                    if reply.chunk is None:
+                        break
+                reply.chunk = reply.chunk[sock.send(reply.chunk):]
+            if self._tls is not None and not reply.close_notify_sent:
+                _send_close_notify(sock)
+                reply.close_notify_sent = True
             sock.shutdown(socket.SHUT_WR)
+        except self._would_block as blocked:
+            events = EVENT_READ if isinstance(blocked, self._want_read) else EVENT_WRITE
+            if waiting:
+                self._loop.rewatch(sock, events, self._write_ready)
+            else:
+                self._sending[sock] = reply
+                self._loop.watch(sock, events, self._write_ready)
+            return
         except OSError:
+            self._stop_sending(sock, reply, waiting)
             sock.close()
             return
+        self._stop_sending(sock, reply, waiting)
         if len(self._lingering) >= self.options.max_connections:
             sock.close()  # too many already: closing now beats running out of descriptors
             return
         self._lingering[sock] = time.monotonic() + LINGER_SECONDS
-        self._selector.register(sock, selectors.EVENT_READ, self._linger_read)
+        self._loop.watch(sock, EVENT_READ, self._linger_read)
+
+    def _stop_sending(self, sock, reply, waiting):
+        if waiting:
+            self._loop.unwatch(sock)
+            del self._sending[sock]
+        self._reply_done(reply)
+
+    def _reply_done(self, reply):
+        if reply.counted:
+            reply.counted = False
+            self._release()
+
+    def _abandon_reply(self, sock):
+        self._loop.unwatch(sock)
+        self._reply_done(self._sending.pop(sock))
+        sock.close()
 
     def _linger_read(self, sock):
         try:
             data = sock.recv(RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
+        except self._would_block:
             return
         except OSError:
             data = b""
@@ -432,30 +492,30 @@ class RelayServer(object):
             self._end_linger(sock)
 
     def _end_linger(self, sock):
-        self._selector.unregister(sock)
+        self._loop.unwatch(sock)
         del self._lingering[sock]
         sock.close()
 
     def _close_reading(self, sock):
-        self._selector.unregister(sock)
+        self._loop.unwatch(sock)
         del self._reading[sock]
         sock.close()
         self._release()
 
     def _release(self):
-        with self._open_lock:
-            self._open -= 1
-            last = self._open == 0
-        if last and self._stopping:
-            self._wake()  # the loop may be waiting for the last request to finish
+        self._open -= 1
 
-    # -- a worker thread: one complete request ---------------------------------------
 
-    def _serve(self, sock, client, request):
-        try:
-            self._dispatcher.handle(sock, client.address, client.config, request)
-        finally:
-            self._release()
+def _send_close_notify(sock):
+    """Sends TLS close_notify, so the client knows the reply is complete, not cut off.
+    The client's own close_notify is not waited for: lingering reads what comes."""
+    try:
+        sock.unwrap()
+    except OSError as error:
+        from . import tls
+        if isinstance(error, tls.WANT_WRITE):
+            raise  # not sent yet: try again when the socket takes more
+        # Want-read: ours is out and OpenSSL would wait for the client's.
 
 
 def _listen(host, port):

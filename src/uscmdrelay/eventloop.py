@@ -1,0 +1,164 @@
+"""A small event loop: descriptors to watch and timers, driven one round at a time.
+
+The server and every command it runs share one loop in one thread, so nothing needs a
+lock and no request waits for a thread to be scheduled. asyncio would do, but costs
+start-up time and memory, and its child watchers spend a thread per command.
+"""
+
+import collections
+import heapq
+import itertools
+import os
+import selectors
+import time
+
+EVENT_READ = selectors.EVENT_READ
+EVENT_WRITE = selectors.EVENT_WRITE
+
+# Cancelled timers stay in the heap until they come due. With a 60 s command timeout
+# and thousands of requests a second that would be a lot of dead entries, so the heap
+# is rebuilt once most of it is dead.
+_COMPACT_MIN_TIMERS = 256
+
+
+class Timer(object):
+    """A callback due at `when` (time.monotonic()); `cancel()` before then drops it."""
+
+    __slots__ = ("when", "callback", "cancelled", "_loop")
+
+    def __init__(self, loop, when, callback):
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+        self._loop = loop
+
+    def cancel(self):
+        if not self.cancelled:
+            self.cancelled = True
+            self._loop._timer_cancelled()
+
+
+class Loop(object):
+    """Descriptors (`watch`) and timers (`call_at`); `run_once` waits and dispatches.
+
+    A watched descriptor's callback gets the file object; a timer's callback gets no
+    argument. Every callback runs in the thread that calls `run_once`; other threads
+    and signal handlers use `wake` and `call_from_thread`.
+    """
+
+    def __init__(self):
+        self._selector = selectors.DefaultSelector()
+        self._keys = self._selector.get_map()
+        self._timers = []  # heap of (when, sequence, Timer)
+        self._sequence = itertools.count()
+        self._cancelled = 0
+        self._from_threads = collections.deque()
+        self._wake_r, self._wake_w = os.pipe()
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+        self.watch(self._wake_r, EVENT_READ, self._woken)
+
+    def wake(self):
+        """Makes a waiting `run_once` return. Safe from any thread or signal handler."""
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass  # the pipe is full, so the loop will wake anyway
+
+    def call_from_thread(self, callback):
+        """Runs `callback()` in the loop's thread, soon."""
+        self._from_threads.append(callback)
+        self.wake()
+
+    def watch(self, fileobj, events, callback):
+        """Calls `callback(fileobj)` whenever `fileobj` is ready for `events`."""
+        self._selector.register(fileobj, events, callback)
+
+    def rewatch(self, fileobj, events, callback):
+        """Changes what a watched `fileobj` waits for, or its callback."""
+        self._selector.modify(fileobj, events, callback)
+
+    def unwatch(self, fileobj):
+        """Stops watching `fileobj`; one that is not watched is fine."""
+        try:
+            self._selector.unregister(fileobj)
+        except (KeyError, ValueError):
+            pass
+
+    def call_at(self, when, callback):
+        timer = Timer(self, when, callback)
+        heapq.heappush(self._timers, (when, next(self._sequence), timer))
+        return timer
+
+    def run_once(self, timeout=None, on_error=None):
+        """Waits up to `timeout` seconds (None: until something happens) and runs what
+        is ready. A callback that raises is reported to `on_error(fileobj)` (None for a
+        timer) inside the except block, so it can log the traceback; without
+        `on_error` the exception propagates."""
+        due = self._next_due()
+        if due is not None:
+            until_due = max(0.0, due - time.monotonic())
+            timeout = until_due if timeout is None else min(timeout, until_due)
+        ready = self._selector.select(timeout)
+        for key, _ in ready:
+            # An earlier callback of this round may have closed this descriptor, and its
+            # number may even have been reused: run only what is still watched as it was.
+            if len(ready) > 1 and self._keys.get(key.fd) is not key:
+                continue
+            self._call(key.data, key.fileobj, on_error)
+        if self._timers:
+            now = time.monotonic()
+            while self._timers and self._timers[0][0] <= now:
+                timer = heapq.heappop(self._timers)[2]
+                if timer.cancelled:
+                    self._cancelled -= 1
+                else:
+                    timer.cancelled = True  # it has run: a later cancel() is a no-op
+                    self._call(timer.callback, None, on_error)
+
+    def close(self):
+        self._selector.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _woken(self, fd):
+        try:
+            os.read(fd, 4096)
+        except OSError:
+            pass
+        self.run_from_threads()
+
+    def run_from_threads(self):
+        """Runs the callbacks other threads have passed in (`call_from_thread`) now."""
+        try:
+            while self._from_threads:
+                self._from_threads.popleft()()
+        finally:
+            if self._from_threads:
+                self.wake()  # one raised: the rest run in the next round
+
+    def _next_due(self):
+        while self._timers and self._timers[0][2].cancelled:
+            heapq.heappop(self._timers)
+            self._cancelled -= 1
+        return self._timers[0][0] if self._timers else None
+
+    def _timer_cancelled(self):
+        self._cancelled += 1
+        if (self._cancelled > _COMPACT_MIN_TIMERS
+                and self._cancelled * 2 > len(self._timers)):
+            self._timers = [entry for entry in self._timers if not entry[2].cancelled]
+            heapq.heapify(self._timers)
+            self._cancelled = 0
+
+    @staticmethod
+    def _call(callback, fileobj, on_error):
+        try:
+            if fileobj is None:
+                callback()
+            else:
+                callback(fileobj)
+        except Exception:
+            if on_error is None:
+                raise
+            on_error(fileobj)
