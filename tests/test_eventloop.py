@@ -252,7 +252,7 @@ class Errors(LoopTestCase):
             self.loop.run_once(DEADLINE_SECONDS)
 
 
-class OtherThreads(LoopTestCase):
+class Waking(LoopTestCase):
 
     def start_one_round_in_a_thread(self):
         """Runs `run_once(None)` in a daemon thread, so that a loop never woken fails a
@@ -271,60 +271,10 @@ class OtherThreads(LoopTestCase):
             self.loop_stuck = True
             self.fail(message)
 
-    def test_call_from_thread_wakes_a_loop_waiting_without_a_timeout(self):
-        # Nothing is watched but the loop's own wake-up pipe and no timer is set, so
-        # run_once(None) blocks until call_from_thread wakes it.
-        ran_in = []
-        looper = self.start_one_round_in_a_thread()
-        caller = threading.Thread(target=lambda: self.loop.call_from_thread(
-            lambda: ran_in.append(threading.current_thread())))
-        caller.start()
-        caller.join(JOIN_SECONDS)
-        self.assertRoundEnds(looper, "run_once(None) was not woken by call_from_thread")
-        self.assertEqual(ran_in, [looper], "the callback did not run in the loop's thread")
-
     def test_wake_from_another_thread_ends_a_wait_without_a_timeout(self):
         looper = self.start_one_round_in_a_thread()
         self.loop.wake()
         self.assertRoundEnds(looper, "run_once(None) was not woken by wake()")
-
-    def queue_from_a_thread(self, callbacks):
-        thread = threading.Thread(
-            target=lambda: [self.loop.call_from_thread(callback) for callback in callbacks])
-        thread.start()
-        thread.join(JOIN_SECONDS)
-        self.assertFalse(thread.is_alive())
-
-    def test_a_raising_callback_from_a_thread_does_not_lose_the_others(self):
-        ran = []
-        errors = []
-
-        def failing():
-            ran.append("failing")
-            raise ValueError("broken callback")
-        self.queue_from_a_thread([lambda: ran.append("before"), failing,
-                                  lambda: ran.append("after")])
-        self.drive(lambda: "after" in ran, lambda fileobj: errors.append(sys.exc_info()[1]))
-        self.assertEqual(ran, ["before", "failing", "after"])
-        self.assertEqual(len(errors), 1)
-        self.assertIsInstance(errors[0], ValueError)
-
-    def test_without_on_error_the_rest_still_run_in_a_later_round(self):
-        ran = []
-
-        def failing():
-            raise ValueError("broken callback")
-        self.queue_from_a_thread([failing, lambda: ran.append("after")])
-        with self.assertRaises(ValueError):
-            self.loop.run_once(DEADLINE_SECONDS)
-        self.drive(lambda: ran)
-        self.assertEqual(ran, ["after"])
-
-    def test_run_from_threads_runs_the_queued_callbacks_at_once(self):
-        ran = []
-        self.queue_from_a_thread([lambda: ran.append(1), lambda: ran.append(2)])
-        self.loop.run_from_threads()
-        self.assertEqual(ran, [1, 2])
 
 
 if __name__ == "__main__":

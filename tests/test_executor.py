@@ -548,16 +548,13 @@ SLEEP_WITH_PID_FILE = ["/bin/sh", "-c", 'echo $$ > "$1"; exec sleep 30', "sh"]
 
 
 class RunOnALoopTest(ExecutorTestCase):
-    """`Run` driven by a shared `eventloop.Loop`, its commands started by a `Starter`."""
+    """`Run` driven by a shared `eventloop.Loop`, as the server drives it."""
 
     def setUp(self):
         self.loop = Loop()
-        self.starter = executor.Starter(self.loop)
         self.runs = []
-        # Cleanups run last-added first: abort what is left, deliver the starts still in
-        # flight (an aborted one is killed then), and only then close the loop.
+        # Cleanups run last-added first: abort what is left, then close the loop.
         self.addCleanup(self.loop.close)
-        self.addCleanup(self.starter.wait_idle, DEATH_WAIT_SECONDS)
         self.addCleanup(self.abort_runs)
 
     def abort_runs(self):
@@ -565,12 +562,10 @@ class RunOnALoopTest(ExecutorTestCase):
             command.abort()
 
     def start(self, argv, **kwargs):
-        """Creates a `Run` through the starter; returns it and the list its outcome lands
-        in."""
+        """Creates a `Run`; returns it and the list its outcome lands in."""
         outcomes = []
         kwargs.setdefault("timeout", SAFETY_TIMEOUT_SECONDS)
-        command = executor.Run(self.loop, argv, outcomes.append, starter=self.starter,
-                               **kwargs)
+        command = executor.Run(self.loop, argv, outcomes.append, **kwargs)
         self.runs.append(command)
         return command, outcomes
 
@@ -583,7 +578,7 @@ class RunOnALoopTest(ExecutorTestCase):
             self.loop.run_once(0.05)
 
     def finish(self, argv, **kwargs):
-        """Starts `argv` through the starter and drives it to its one outcome."""
+        """Starts `argv` and drives it to its one outcome."""
         _, outcomes = self.start(argv, **kwargs)
         self.drive(lambda: outcomes)
         self.loop.run_once(0)
@@ -604,7 +599,7 @@ class RunOnALoopTest(ExecutorTestCase):
         with self.assertRaises(ProcessLookupError, msg="process %d still exists" % pid):
             os.kill(pid, 0)
 
-    def test_a_run_through_a_starter_gives_the_same_outcome_as_run(self):
+    def test_a_run_on_a_shared_loop_gives_the_same_outcome_as_run(self):
         argv = ["/bin/sh", "-c", "echo out; echo err >&2; exit 3"]
         expected = executor.run(argv, timeout=SAFETY_TIMEOUT_SECONDS)
         outcome = self.finish(argv)
@@ -632,38 +627,35 @@ class RunOnALoopTest(ExecutorTestCase):
         # One after another would take 8 x 0.3 = 2.4 s; together, about 0.3 s.
         self.assertLess(elapsed, 2.0)
 
-    def test_a_missing_program_arrives_as_a_3002_outcome_and_is_never_raised(self):
-        outcome = self.finish(["/nonexistent/program"])
-        self.assertIsInstance(outcome, RelayError)
-        self.assertEqual(outcome.code, COMMAND_NOT_STARTED)
-        self.assertIn("/nonexistent/program", str(outcome.message))
+    def test_a_missing_program_raises_3002_and_leaves_nothing_watched(self):
+        with self.assertRaises(RelayError) as caught:
+            self.start(["/nonexistent/program"])
+        self.assertEqual(caught.exception.code, COMMAND_NOT_STARTED)
+        # Only the loop's own wake-up pipe is left.
+        self.assertEqual(len(self.loop._keys), 1)
 
-    def test_abort_while_the_start_is_in_flight_leaves_no_process(self):
+    def test_abort_kills_and_reaps_the_command_without_an_outcome(self):
         pid_file = self.pid_file(b"sleep")
         command, outcomes = self.start(SLEEP_WITH_PID_FILE + [pid_file])
-        command.abort()
-        # The starter starts it anyway, and it runs until the start is delivered to the
-        # loop (which is not running): the aborted Run must kill it then.
         pid = self.wait_for_pid(pid_file)
-        self.starter.wait_idle(DEATH_WAIT_SECONDS)
+        command.abort()
         self.assertProcessGone(pid)
         self.loop.run_once(0.1)
         self.assertEqual(outcomes, [], "an aborted Run gave an outcome")
 
-    def test_cancel_before_the_start_is_delivered_ends_the_command_as_timed_out(self):
+    def test_cancel_ends_the_command_as_timed_out(self):
         pid_file = self.pid_file(b"sleep")
         # No timeout: only the cancel can end it before the drive's deadline.
         command, outcomes = self.start(SLEEP_WITH_PID_FILE + [pid_file], timeout=None)
-        command.cancel()
         pid = self.wait_for_pid(pid_file)
+        command.cancel()
         self.drive(lambda: outcomes, limit=10.0)
         outcome = outcomes[0]
-        self.assertIsInstance(outcome, executor.Outcome)
         self.assertTrue(outcome.timed_out)
         self.assertEqual(outcome.exit_code, -signal.SIGTERM)
         self.assertProcessGone(pid)
 
-    def test_the_timeout_kills_a_command_started_through_a_starter(self):
+    def test_the_timeout_kills_a_command_on_a_shared_loop(self):
         pid_file = self.pid_file(b"sleep")
         _, outcomes = self.start(SLEEP_WITH_PID_FILE + [pid_file], timeout=0.3)
         pid = self.wait_for_pid(pid_file)

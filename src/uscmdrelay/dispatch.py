@@ -49,7 +49,6 @@ class Dispatcher(object):
                               if name not in systemd.SERVICE_VARIABLES)
         self._running = {}  # "cluster::name" -> runs in progress, for max_running
         self._jobs = set()
-        self._starter = executor.Starter(loop) if executor.STARTS_OFF_LOOP else None
         self._stopping = False
         self.requests = 0
         self.errors = 0
@@ -90,9 +89,6 @@ class Dispatcher(object):
             job.run.abort()
             job.sock.close()
         self._jobs.clear()
-        if self._starter is not None:
-            # A command a thread is starting now is killed as soon as it has started.
-            self._starter.wait_idle(executor.TERM_GRACE_SECONDS)
 
     def _timeout(self, command):
         timeout = command.policy.timeout
@@ -106,13 +102,10 @@ class Dispatcher(object):
         argv = executor.build_argv(command, job.request.arguments, shell)
         env = self._command_env(job.address, job.request, job.grant)
         self._start_run(command)
-        # Alone, a command starts soonest from the loop itself; with others running, a
-        # starter thread keeps the loop serving while this one starts.
-        starter = self._starter if self._jobs else None
         try:
             job.run = executor.Run(self._loop, argv, functools.partial(self._finished, job),
                                    self._timeout(command) or None, self.options.max_output,
-                                   env=env, cwd=policy.cwd, starter=starter)
+                                   env=env, cwd=policy.cwd)
         except BaseException:
             self._end_run(command)
             raise
@@ -123,17 +116,11 @@ class Dispatcher(object):
         self._jobs.discard(job)
         self._end_run(job.command)
         try:
-            if isinstance(outcome, BaseException):
-                raise outcome  # it could not start
             code, reply = _reply_for(outcome, self._timeout(job.command), self._stopping)
-        except RelayError as error:
-            code, reply = error.code, error_reply(error.code, error.message)
         except Exception:
             log.exception("internal error while serving %s %s",
                           format_address(job.address), job.request.command)
             code, reply = INTERNAL_ERROR, error_reply(INTERNAL_ERROR)
-        if not isinstance(outcome, executor.Outcome):
-            outcome = None
         self._answer(job.sock, job.address, job.grant, job.request, code, reply, outcome)
 
     def _answer(self, sock, address, grant, request, code, reply, outcome=None):

@@ -5,7 +5,6 @@ lock and no request waits for a thread to be scheduled. asyncio would do, but co
 start-up time and memory, and its child watchers spend a thread per command.
 """
 
-import collections
 import heapq
 import itertools
 import os
@@ -42,8 +41,8 @@ class Loop(object):
     """Descriptors (`watch`) and timers (`call_at`); `run_once` waits and dispatches.
 
     A watched descriptor's callback gets the file object; a timer's callback gets no
-    argument. Every callback runs in the thread that calls `run_once`; other threads
-    and signal handlers use `wake` and `call_from_thread`.
+    argument. Every callback runs in the thread that calls `run_once`; `wake` may be
+    called from anywhere (a signal handler, another thread).
     """
 
     def __init__(self):
@@ -52,7 +51,6 @@ class Loop(object):
         self._timers = []  # heap of (when, sequence, Timer)
         self._sequence = itertools.count()
         self._cancelled = 0
-        self._from_threads = collections.deque()
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)
@@ -64,11 +62,6 @@ class Loop(object):
             os.write(self._wake_w, b"x")
         except OSError:
             pass  # the pipe is full, so the loop will wake anyway
-
-    def call_from_thread(self, callback):
-        """Runs `callback()` in the loop's thread, soon."""
-        self._from_threads.append(callback)
-        self.wake()
 
     def watch(self, fileobj, events, callback):
         """Calls `callback(fileobj)` whenever `fileobj` is ready for `events`."""
@@ -126,16 +119,6 @@ class Loop(object):
             os.read(fd, 4096)
         except OSError:
             pass
-        self.run_from_threads()
-
-    def run_from_threads(self):
-        """Runs the callbacks other threads have passed in (`call_from_thread`) now."""
-        try:
-            while self._from_threads:
-                self._from_threads.popleft()()
-        finally:
-            if self._from_threads:
-                self.wake()  # one raised: the rest run in the next round
 
     def _next_due(self):
         while self._timers and self._timers[0][2].cancelled:

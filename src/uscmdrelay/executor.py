@@ -7,14 +7,11 @@ the same on a loop of its own, blocking. Both give an `Outcome`, or raise
 """
 
 import errno
-import functools
 import os
-import queue
 import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 from .eventloop import EVENT_READ, Loop
@@ -95,52 +92,33 @@ class _Capture(object):
 class Run(object):
     """One command in flight, driven by an `eventloop.Loop` it shares with its owner.
 
-    Creating it starts the command, or raises RelayError(3002) if it cannot start; with
-    a `starter` the command is started by one of its threads instead, and a failure to
-    start arrives as the outcome. Its output is read and its exit noticed by the loop's
-    callbacks, and `on_done(outcome)` is called once, from the loop, when it is over:
-    an `Outcome`, or the exception that kept it from starting. `timeout` (seconds; None
-    or 0 for none) ends the whole process group: SIGTERM, then SIGKILL after
-    TERM_GRACE_SECONDS; `cancel()` does the same at once. Output past `max_output` bytes
-    per stream is read and dropped.
+    Creating it starts the command, or raises RelayError(3002) if it cannot start. Its
+    output is read and its exit noticed by the loop's callbacks, and `on_done(outcome)`
+    is called once, from the loop, when it is over. `timeout` (seconds; None or 0 for
+    none) ends the whole process group: SIGTERM, then SIGKILL after TERM_GRACE_SECONDS;
+    `cancel()` does the same at once. Output past `max_output` bytes per stream is read
+    and dropped.
     """
 
     def __init__(self, loop, argv, on_done, timeout=None, max_output=1048576, env=None,
-                 cwd=None, starter=None):
+                 cwd=None):
         self.started = time.monotonic()
         self._loop = loop
         self._on_done = on_done
         self._stdout = _Capture(max_output)
         self._stderr = _Capture(max_output)
-        self._child = None
         self._open_pipes = {}
         self._deadline = self.started + timeout if timeout else None
         self._kill_at = None
         self._exited_at = None
         self.timed_out = False
         self.done = False
-        self._cancel_when_started = False
         self._timer = None
         # Nothing left to read but not reaped yet (no pidfd): usually a matter of
         # microseconds, so look again soon, then back off.
         self._reap_wait = 0.0002
         self._exit_fd = None
-        if starter is None or not starter.start(argv, env, cwd, self._started):
-            self._begin(_start(argv, env, cwd))
-
-    def _started(self, child, error):
-        """The starter's answer, in the loop's thread."""
-        if error is not None:
-            if not self.done:
-                self.done = True
-                self._on_done(error)
-        elif self.done:
-            child.close()  # aborted while it was starting
-            _kill_and_reap(child)
-        else:
-            self._begin(child)
-            if self._cancel_when_started:
-                self.cancel()
+        self._begin(_start(argv, env, cwd))
 
     def _begin(self, child):
         """Watches a started child."""
@@ -160,9 +138,7 @@ class Run(object):
 
     def cancel(self):
         """Ends the command's process group as a timeout would (the server stops)."""
-        if self._child is None:
-            self._cancel_when_started = True
-        elif not self.done and self._exited_at is None and not self.timed_out:
+        if not self.done and self._exited_at is None and not self.timed_out:
             self._terminate(time.monotonic())
             self._advance()
 
@@ -170,9 +146,10 @@ class Run(object):
         """Kills and reaps the command and lets go of everything, without an outcome."""
         if not self.done:
             self.done = True
-            if self._child is not None:
-                self._let_go()
-                _kill_and_reap(self._child)
+            self._let_go()
+            if self._child.returncode is None:
+                _signal_group(self._child.pid, signal.SIGKILL)
+                self._child.wait()
 
     def _read(self, fd):
         try:
@@ -265,12 +242,6 @@ class Run(object):
             os.close(self._exit_fd)
             self._exit_fd = None
         self._child.close()
-
-
-def _kill_and_reap(child):
-    if child.returncode is None:
-        _signal_group(child.pid, signal.SIGKILL)
-        child.wait()
 
 
 def _earlier(when, other):
@@ -392,11 +363,10 @@ _DEFAULT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ"
                          if hasattr(signal, name))
 
 
-def _start(argv, env, cwd, posix_spawn=True):
-    """Starts `argv`; returns the `_Child` or raises RelayError(3002). `posix_spawn`:
-    it may be used (else Popen is)."""
+def _start(argv, env, cwd):
+    """Starts `argv`; returns the `_Child` or raises RelayError(3002)."""
     try:
-        if posix_spawn and _POSIX_SPAWN and _sealed and cwd is None:
+        if _POSIX_SPAWN and _sealed and cwd is None:
             return _posix_spawn(argv, env)
         process = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -412,68 +382,6 @@ def _start(argv, env, cwd, posix_spawn=True):
                              "is not a directory" % (argv[0], cwd))
         raise RelayError(COMMAND_NOT_STARTED, "cannot start %s: %s"
                          % (argv[0], _start_failure(error)))
-
-
-# Popen drops the GIL while its vfork()ed child gets to exec (CPython 3.12, and 3.11.6
-# by backport: gh-104372); os.posix_spawn holds it throughout. With other commands
-# running, that wait is long (the child waits for a CPU too), and a loop blocked
-# meanwhile serves nobody: so then commands are started by threads, with Popen.
-STARTS_OFF_LOOP = (sys.version_info >= (3, 11, 6)
-                   and bool(getattr(subprocess, "_USE_VFORK", False)))
-STARTER_THREADS = 2
-
-
-class Starter(object):
-    """Threads that start commands for the `Run`s of one loop."""
-
-    def __init__(self, loop, threads=STARTER_THREADS):
-        self._loop = loop
-        self._queue = queue.Queue()
-        self._max_threads = threads
-        self._threads = 0
-        self._lock = threading.Lock()
-        self._busy = 0  # starts queued or in progress
-        self._idle = threading.Condition(self._lock)
-
-    def start(self, argv, env, cwd, on_started):
-        """Starts `argv` in a thread and calls `on_started(child, error)` in the loop's
-        thread. Returns False, and starts nothing, if no thread can be had."""
-        if self._threads < self._max_threads:
-            thread = threading.Thread(target=self._work, name="uscmdrelay-starter")
-            thread.daemon = True
-            try:
-                thread.start()
-            except RuntimeError:
-                if not self._threads:
-                    return False  # out of threads: the caller starts it itself
-            else:
-                self._threads += 1
-        with self._lock:
-            self._busy += 1
-        self._queue.put((argv, env, cwd, on_started))
-        return True
-
-    def wait_idle(self, timeout):
-        """Waits up to `timeout` s for the starts in progress, then delivers them."""
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while self._busy and time.monotonic() < deadline:
-                self._idle.wait(max(0.0, deadline - time.monotonic()))
-        self._loop.run_from_threads()
-
-    def _work(self):
-        while True:
-            argv, env, cwd, on_started = self._queue.get()
-            child = error = None
-            try:
-                child = _start(argv, env, cwd, posix_spawn=False)
-            except Exception as caught:
-                error = caught
-            self._loop.call_from_thread(functools.partial(on_started, child, error))
-            with self._lock:
-                self._busy -= 1
-                if not self._busy:
-                    self._idle.notify_all()
 
 
 def _posix_spawn(argv, env):
