@@ -143,7 +143,16 @@ class RequestReader(object):
         if len(self._buffer) + len(data) > self.max_bytes:
             raise RelayError(REQUEST_TOO_LARGE,
                              "request is larger than %d bytes" % self.max_bytes)
+        first = not self._buffer
         self._buffer += data
+        if first and data.endswith(b"\n") and data.count(b"\n") == 1:
+            # Most requests arrive whole, as one line. If it parses, it is the request the
+            # scanner would find at that newline; if not, the scanner decides, since it
+            # tells a bad request from one that is not complete yet.
+            try:
+                return parse_request(bytes(data[:-1]))
+            except RelayError:
+                pass
         return self._scan()
 
     def finish(self):
