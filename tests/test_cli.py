@@ -27,6 +27,17 @@ class FlagsTest(unittest.TestCase):
                 self.assertEqual(result.returncode, 0)
                 self.assertRegex(result.stdout, r"^uscmdrelay \d+\.\d+\.\d+\n$")
 
+    def test_version_alone_prints_what_argparse_prints(self):
+        # `--version` alone is answered by __main__ before argparse is imported; with
+        # another flag before it, argparse answers. Both must print the same.
+        for program in ("pyz", "src"):
+            with self.subTest(program=program):
+                alone = run_cli(["--version"], program)
+                parsed = run_cli(["--log-level", "INFO", "--version"], program)
+                self.assertEqual((parsed.returncode, parsed.stderr), (0, ""))
+                self.assertEqual((alone.returncode, alone.stdout, alone.stderr),
+                                 (0, parsed.stdout, ""))
+
     def test_help_lists_every_flag(self):
         result = run_cli(["--help"])
         self.assertEqual(result.returncode, 0)
