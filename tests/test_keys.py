@@ -8,6 +8,8 @@ import os
 import re
 import shutil
 import stat
+import subprocess
+import sys
 import tempfile
 import unittest
 
@@ -276,6 +278,30 @@ class AllowedHostsTests(_KeyTestCase):
                 self.assertConfigError(auth_text((KEY, {"allowed_hosts": value})),
                                        "[%s] allowed_hosts: %s" % (hidden(KEY), problem),
                                        server_too=value == "300.1.1.1")
+
+
+class ImportCostTests(unittest.TestCase):
+
+    def test_loading_a_config_without_allowed_hosts_leaves_openssl_and_ipaddress_out(self):
+        # hashlib's OpenSSL costs the server ~3.5 MB, ipaddress ~3 ms of start-up; the
+        # built-in sha256 and a deferred ipaddress avoid both (unless a build lacks it).
+        try:
+            import _sha2  # noqa: F401
+        except ImportError:
+            try:
+                import _sha256  # noqa: F401
+            except ImportError:
+                self.skipTest("this Python has no built-in sha256 module")
+        directory = support.make_config_dir(self)
+        script = ("import sys; from uscmdrelay.config import load_config; "
+                  "config = load_config(sys.argv[1]); "
+                  "print(len(config.keys), sorted({'_hashlib', 'hashlib', 'ipaddress'} "
+                  "& set(sys.modules)))")
+        # -S: a site-packages .pth file may import ipaddress itself (pathlib does).
+        output = subprocess.check_output(
+            [sys.executable, "-S", "-c", script, directory], env=support.environment("src"),
+            universal_newlines=True, timeout=60)
+        self.assertEqual(output, "2 []\n")
 
 
 if __name__ == "__main__":
