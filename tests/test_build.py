@@ -85,6 +85,43 @@ class BuildTest(unittest.TestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertRegex(result.stdout.strip(), r"^uscmdrelay \d+\.\d+\.\d+$")
 
+    def test_pyz_compiles_each_of_its_modules_once(self):
+        # zipimport compiles a module once to name its file and again to run it (CPython
+        # gh-141276); __main__ installs an importer that names the file from the archive.
+        # __main__ itself is loaded (twice) before that. Python < 3.8 compiles in C,
+        # out of this test's sight.
+        if sys.version_info < (3, 8):
+            self.skipTest("zipimport is written in C before Python 3.8")
+        directory = support.make_config_dir(self)
+        script = (
+            "import builtins, runpy, sys\n"
+            "compile_source = builtins.compile\n"
+            "def counting(source, filename, *args, **kwargs):\n"
+            "    print('compiled', filename)\n"
+            "    return compile_source(source, filename, *args, **kwargs)\n"
+            "builtins.compile = counting\n"
+            "sys.argv = [sys.argv[1], 'configtest', '--config-dir', sys.argv[2]]\n"
+            "sys.path.insert(0, sys.argv[0])\n"
+            "try:\n"
+            "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+            "finally:\n"
+            "    for name, module in sorted(sys.modules.items()):\n"
+            "        if name.startswith('uscmdrelay'):\n"
+            "            print('file', module.__file__)\n")
+        result = subprocess.run([sys.executable, "-S", "-c", script, support.PYZ, directory],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                universal_newlines=True, timeout=60)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("Config OK", result.stdout)
+        compiled = [line.split(" ", 1)[1] for line in result.stdout.splitlines()
+                    if line.startswith("compiled ")]
+        files = [line.split(" ", 1)[1] for line in result.stdout.splitlines()
+                 if line.startswith("file ")]
+        package = os.path.join(support.PYZ, "uscmdrelay")
+        self.assertIn(os.path.join(package, "config.py"), files)
+        self.assertEqual(sorted(compiled), sorted(
+            files + 2 * [os.path.join(support.PYZ, "__main__.py")]))
+
     def test_python2_gets_one_line_instead_of_a_syntax_error(self):
         python2 = _python2()
         if python2 is None:
