@@ -632,7 +632,7 @@ class RunOnALoopTest(ExecutorTestCase):
             self.start(["/nonexistent/program"])
         self.assertEqual(caught.exception.code, COMMAND_NOT_STARTED)
         # Only the loop's own wake-up pipe is left.
-        self.assertEqual(len(self.loop._keys), 1)
+        self.assertEqual(len(self.loop._watched), 1)
 
     def test_abort_kills_and_reaps_the_command_without_an_outcome(self):
         pid_file = self.pid_file(b"sleep")
