@@ -540,6 +540,246 @@ class ConcurrencyTests(_ServerTestCase):
                 sock.close()
 
 
+# A reply far larger than the kernel's socket buffers: the command prints this many bytes,
+# and the reply carries them twice (as "stdout" and as "message"), so ~12 MB of JSON.
+BIG_OUTPUT_BYTES = 6000000
+BIG_LINE = "0123456789abcdefghijklmnopqrstuvwxyz"
+BIG_RELAYS = """\
+[default]
+echo = /bin/echo
+big = sh -c "yes %s | head -c %d"
+
+[ops]
+echo = /bin/echo
+""" % (BIG_LINE, BIG_OUTPUT_BYTES)
+BIG_SERVER_ARGS = ("--max-output", str(2 * BIG_OUTPUT_BYTES))
+# What a reader takes per recv() and how long it naps after each: slow, yet ~12 MB
+# still arrive within a few seconds.
+SLOW_RECV_BYTES = 4096
+SLOW_NAP_SECONDS = 0.001
+# A small receive buffer caps the TCP window, so the server's writes keep blocking.
+SMALL_RCVBUF_BYTES = 4096
+PAUSE_AFTER_BYTES = 1000000
+READ_LIMIT_SECONDS = 60.0
+
+
+def big_output():
+    """The exact stdout of the `big` command."""
+    lines = BIG_OUTPUT_BYTES // (len(BIG_LINE) + 1) + 1
+    return ((BIG_LINE + "\n") * lines)[:BIG_OUTPUT_BYTES]
+
+
+def small_buffer_connection(port, timeout=30.0):
+    """A client socket whose receive buffer is shrunk before it connects (the TCP window
+    is agreed on at connect time)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_RCVBUF_BYTES)
+        sock.settimeout(timeout)
+        sock.connect(("127.0.0.1", port))
+    except Exception:
+        sock.close()
+        raise
+    return sock
+
+
+def kernel_send_buffer_max():
+    """The most the kernel lets a TCP send buffer grow to, or None if unknown."""
+    try:
+        with open("/proc/sys/net/ipv4/tcp_wmem") as handle:
+            return int(handle.read().split()[2])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class SlowReader(object):
+    """Reads a reply in a thread, SLOW_RECV_BYTES at a time with a nap after each, until
+    the peer ends the stream. After `pause_after` bytes it stops reading (`paused` is
+    set) until `resume()`. `data` is what arrived, `error` what ended the reading, if
+    anything but the end of the stream."""
+
+    def __init__(self, sock, pause_after=None):
+        self.sock = sock
+        self.pause_after = pause_after
+        self.paused = threading.Event()
+        self.done = threading.Event()
+        self._resumed = threading.Event()
+        self._chunks = []
+        self.received = 0
+        self.error = None
+        self._thread = threading.Thread(target=self._run)
+        self._thread.daemon = True
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def resume(self):
+        self._resumed.set()
+
+    def wait_for_pause(self, timeout=READ_LIMIT_SECONDS):
+        """True once the reader pauses; False if the stream ends first or in time."""
+        deadline = time.monotonic() + timeout
+        while not self.paused.is_set() and not self.done.is_set():
+            if time.monotonic() > deadline:
+                break
+            self.paused.wait(0.05)
+        return self.paused.is_set()
+
+    def stop(self):
+        """For cleanups: un-pauses and waits a little for the thread."""
+        self._resumed.set()
+        self._thread.join(READ_LIMIT_SECONDS)
+
+    def join(self, timeout=READ_LIMIT_SECONDS):
+        self._thread.join(timeout)
+        return self.done.is_set()
+
+    @property
+    def data(self):
+        return b"".join(self._chunks)
+
+    def _run(self):
+        deadline = time.monotonic() + READ_LIMIT_SECONDS
+        try:
+            while time.monotonic() < deadline:
+                if (self.pause_after is not None and self.received >= self.pause_after
+                        and not self._resumed.is_set()):
+                    self.paused.set()
+                    self._resumed.wait(READ_LIMIT_SECONDS)
+                data = self.sock.recv(SLOW_RECV_BYTES)
+                if not data:
+                    return
+                self._chunks.append(data)
+                self.received += len(data)
+                time.sleep(SLOW_NAP_SECONDS)
+            self.error = AssertionError("still reading after %g s" % READ_LIMIT_SECONDS)
+        except Exception as error:  # reported by the test's thread
+            self.error = error
+        finally:
+            self.done.set()
+
+
+def read_what_is_left(sock, limit_seconds=30.0):
+    """Every byte until the peer closes or resets the connection; bounded in time."""
+    sock.settimeout(limit_seconds)
+    chunks = []
+    deadline = time.monotonic() + limit_seconds
+    while time.monotonic() < deadline:
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+def check_big_reply(test, data):
+    """Fails `test` unless `data` is the whole reply of the `big` command. Compares
+    without assertEqual's diff, which would take minutes on megabytes."""
+    test.assertGreater(len(data), 2 * BIG_OUTPUT_BYTES)
+    test.assertTrue(data.endswith(b"}\n"), "the reply is cut off: ...%r" % data[-80:])
+    test.assertEqual(data.count(b"\n"), 1, "the reply is not one line")
+    reply = json.loads(data.decode("utf-8"))
+    test.assertEqual((reply["code"], reply["exit_code"], reply["truncated"],
+                      reply["stderr"]), (0, 0, False, ""))
+    expected = big_output()
+    for field, value in (("stdout", expected), ("message", expected.rstrip("\r\n"))):
+        test.assertEqual(len(reply[field]), len(value), field)
+        test.assertTrue(reply[field] == value, "%s differs from the command's output"
+                        % field)
+
+
+class SlowReaderTests(_ServerTestCase):
+    """Replies larger than the socket buffers, written as slow clients take them."""
+
+    def start_big(self, *args):
+        return self.start(*(BIG_SERVER_ARGS + args),
+                          config_dir=relay_config(self, relays=BIG_RELAYS))
+
+    def send_big_request(self):
+        sock = small_buffer_connection(self.server.port)
+        self.addCleanup(sock.close)
+        sock.sendall(body(command="big"))
+        return sock
+
+    def start_paused_reader(self):
+        """Asks for the big reply and reads it slowly up to PAUSE_AFTER_BYTES, where the
+        reader stops with the rest of the reply still to be written; returns it."""
+        reader = SlowReader(self.send_big_request(), PAUSE_AFTER_BYTES).start()
+        self.addCleanup(reader.stop)
+        self.assertTrue(reader.wait_for_pause(), "the reply ended after %d bytes (%r)"
+                        % (reader.received, reader.error))
+        return reader
+
+    def finish_reading(self, reader):
+        reader.resume()
+        self.assertTrue(reader.join(), "the slow reader did not finish")
+        self.assertIsNone(reader.error, "after %d bytes" % reader.received)
+        check_big_reply(self, reader.data)
+
+    def test_big_reply_reaches_a_slow_reader_intact_while_others_are_served(self):
+        self.start_big("--request-timeout", "60")
+        reader = self.start_paused_reader()
+        # The server's write to the slow reader is blocked now; the loop is not.
+        started = time.monotonic()
+        reply = self.call("echo", ["meanwhile"], timeout=15)
+        self.assertLess(time.monotonic() - started, 5.0)
+        self.assertRan(reply, 0)
+        self.assertEqual(reply["message"], "meanwhile")
+        self.assertFalse(reader.done.is_set(), "the slow reader should still be reading")
+        self.finish_reading(reader)
+
+    def test_reply_not_read_within_request_timeout_is_dropped_and_frees_its_place(self):
+        reply_bytes = 2 * BIG_OUTPUT_BYTES
+        limit = kernel_send_buffer_max()
+        if limit is not None and limit + SMALL_RCVBUF_BYTES * 4 >= reply_bytes:
+            self.skipTest("the kernel may buffer the whole reply (tcp_wmem max %d)" % limit)
+        self.start_big("--request-timeout", "1", "--max-connections", "1")
+        sock = self.send_big_request()
+        # The first byte has arrived, so the reply is being written; peeking leaves it
+        # unread, and the client never reads it.
+        self.assertEqual(len(sock.recv(1, socket.MSG_PEEK)), 1)
+        started = time.monotonic()
+        # The reply still being written counts against --max-connections ...
+        self.assertNotRan(self.raw(b"", half_close=False, timeout=15), 3004)
+        # ... until --request-timeout drops it; then its place is free again.
+        deadline = started + 10.0
+        while True:
+            reply = self.call("echo", ["after"], timeout=15)
+            if reply["code"] != 3004 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        self.assertRan(reply, 0)
+        self.assertEqual(reply["message"], "after")
+        self.assertLess(time.monotonic() - started, 10.0)
+        # The dropped client gets what the kernels held, then the end: not the reply.
+        data = read_what_is_left(sock)
+        self.assertLess(len(data), reply_bytes)
+        self.assertFalse(data.endswith(b"\n"), "the whole reply arrived")
+
+    def test_sigterm_lets_a_slow_reader_finish_its_reply_then_exits_0(self):
+        server = self.start_big("--request-timeout", "60", "--shutdown-timeout", "30")
+        reader = self.start_paused_reader()
+        server.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10.0
+        while ("stopping:" not in server.log_text() and server.process.poll() is None
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
+        self.assertIn("stopping: no new connections; 1 requests in flight",
+                      server.log_text())
+        self.assertIsNone(server.process.poll(), "the server left a reply unwritten")
+        self.finish_reading(reader)
+        try:
+            status = server.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.fail("the server did not exit once the reply was written")
+        self.assertEqual(status, 0, server.log_text())
+        self.assertNotIn("Traceback", server.log_text())
+
+
 class LogFileTests(_ServerTestCase):
 
     def start_logging_to(self, log_file):

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 import unittest
@@ -16,6 +17,8 @@ import unittest
 from tests import certs, support
 from tests.support import KEY, start_server
 from tests.test_client import can_bind_ipv6_loopback, run_call
+from tests.test_server import (BIG_RELAYS, BIG_SERVER_ARGS, PAUSE_AFTER_BYTES,
+                               SlowReader, check_big_reply, small_buffer_connection)
 
 CLIENT_TIMEOUT = 20.0
 REQUEST_TIMEOUT_SECONDS = 2
@@ -233,6 +236,42 @@ class MutualTLSTests(_TLSServer):
             self.fail("openssl s_client did not finish")
         self.assertNotIn("{", out)
         self.wait_for_log_count("TLS handshake failed", before + 1)
+
+
+class TLSBigReplyTests(unittest.TestCase):
+
+    def test_big_reply_reaches_a_slow_reader_intact_and_ends_with_close_notify(self):
+        certs.require_openssl(self)
+        pki = certs.certificates()
+        config_dir = support.make_config_dir(self, auth=TLS_AUTH, relays=BIG_RELAYS)
+        server = start_server(self, config_dir, args=list(BIG_SERVER_ARGS) + [
+            "--tls-cert", pki.server_cert, "--tls-key", pki.server_key,
+            "--request-timeout", "60"])
+        context = ssl.create_default_context(cafile=pki.ca)
+        # Without suppress_ragged_eofs, recv() returns b"" only after close_notify: a
+        # stream that merely stops raises SSLEOFError ("EOF occurred in violation of
+        # protocol"), as a reply cut off by an attacker would.
+        sock = context.wrap_socket(small_buffer_connection(server.port),
+                                   server_hostname="localhost",
+                                   suppress_ragged_eofs=False)
+        self.addCleanup(sock.close)
+        sock.sendall(json.dumps({"auth_key": KEY, "command": "big"}).encode() + b"\n")
+        reader = SlowReader(sock, PAUSE_AFTER_BYTES).start()
+        self.addCleanup(reader.stop)
+        self.assertTrue(reader.wait_for_pause(), "the reply ended after %d bytes (%r)"
+                        % (reader.received, reader.error))
+        # The server's TLS write to the paused reader would block; another TLS client
+        # is served meanwhile.
+        result = run_call(self, ["--port", str(server.port), "--tls", "--tls-ca", pki.ca,
+                                 "echo", "meanwhile"])
+        self.assertEqual((result.returncode, result.stdout, result.stderr),
+                         (0, "meanwhile\n", ""))
+        self.assertFalse(reader.done.is_set(), "the slow reader should still be reading")
+        reader.resume()
+        self.assertTrue(reader.join(), "the slow reader did not finish")
+        self.assertIsNone(reader.error, "after %d bytes (no close_notify?)"
+                          % reader.received)
+        check_big_reply(self, reader.data)
 
 
 class TLSOverIPv6Tests(unittest.TestCase):
