@@ -167,6 +167,22 @@ def read_until_closed(sock):
     return b"".join(chunks)
 
 
+def read_until_gone(sock, limit_seconds=15.0):
+    """Every byte until the peer closes or resets the connection; bounded in time."""
+    sock.settimeout(limit_seconds)
+    chunks = []
+    deadline = time.monotonic() + limit_seconds
+    while time.monotonic() < deadline:
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)
+
+
 def request(port, auth_key=KEY, command="true", arguments=None, **kwargs):
     """Sends one request object and returns the decoded reply."""
     body = {"auth_key": auth_key, "command": command}

@@ -660,22 +660,6 @@ class SlowReader(object):
             self.done.set()
 
 
-def read_what_is_left(sock, limit_seconds=30.0):
-    """Every byte until the peer closes or resets the connection; bounded in time."""
-    sock.settimeout(limit_seconds)
-    chunks = []
-    deadline = time.monotonic() + limit_seconds
-    while time.monotonic() < deadline:
-        try:
-            data = sock.recv(65536)
-        except ConnectionResetError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    return b"".join(chunks)
-
-
 def check_big_reply(test, data):
     """Fails `test` unless `data` is the whole reply of the `big` command. Compares
     without assertEqual's diff, which would take minutes on megabytes."""
@@ -756,7 +740,7 @@ class SlowReaderTests(_ServerTestCase):
         self.assertEqual(reply["message"], "after")
         self.assertLess(time.monotonic() - started, 10.0)
         # The dropped client gets what the kernels held, then the end: not the reply.
-        data = read_what_is_left(sock)
+        data = support.read_until_gone(sock, 30.0)
         self.assertLess(len(data), reply_bytes)
         self.assertFalse(data.endswith(b"\n"), "the whole reply arrived")
 

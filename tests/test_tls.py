@@ -37,22 +37,6 @@ def tls_server_args(pki, client_ca=False):
     return args
 
 
-def read_until_closed(sock, limit_seconds=15.0):
-    """Every byte until the peer closes (a reset counts as closed); bounded in time."""
-    sock.settimeout(limit_seconds)
-    chunks = []
-    deadline = time.monotonic() + limit_seconds
-    while time.monotonic() < deadline:
-        try:
-            data = sock.recv(65536)
-        except ConnectionResetError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    return b"".join(chunks)
-
-
 class _TLSServer(unittest.TestCase):
     """One TLS server (the .pyz) per class, stopped by PID in tearDownClass."""
 
@@ -143,7 +127,7 @@ class TLSTests(_TLSServer):
         before = self.log_count("TLS handshake failed")
         with socket.create_connection(("127.0.0.1", self.server.port), timeout=15) as sock:
             sock.sendall(REQUEST_LINE.encode("utf-8"))
-            data = read_until_closed(sock)
+            data = support.read_until_gone(sock, 15.0)
         self.assertNotIn(b"{", data)  # no JSON reply in clear text
         self.assertNotIn(KEY.encode("utf-8"), data)
         self.wait_for_log_count("TLS handshake failed", before + 1)
@@ -161,7 +145,7 @@ class TLSTests(_TLSServer):
             result = self.call_tls("echo", "over", "tls")
             self.assertWorks(result)
             self.assertLess(time.monotonic() - started, REQUEST_TIMEOUT_SECONDS + 8)
-            data = read_until_closed(sock)
+            data = support.read_until_gone(sock, 15.0)
             elapsed = time.monotonic() - started
         self.assertNotIn(b"{", data)
         self.assertLess(elapsed, REQUEST_TIMEOUT_SECONDS + 8)
