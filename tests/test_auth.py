@@ -1,4 +1,5 @@
-"""Unit tests for uscmdrelay.auth: key lookup, cluster grants and the order of the checks.
+"""Unit tests for uscmdrelay.auth: key lookup, source addresses, cluster grants and the
+order of the checks.
 
 The configuration is a real one loaded from a temporary directory; requests go through the
 real parser.
@@ -15,6 +16,7 @@ from uscmdrelay.protocol import RelayError
 CI_KEY = "ci-key-0123456789abcdefghij"        # default, ops and 'ghost' (not defined)
 STAR_KEY = "star-key-0123456789abcdefghij"    # '*', no description
 OPS_KEY = "ops-key-0123456789abcdefghij"      # ops only
+LAN_KEY = "lan-key-0123456789abcdefghij"      # default, only from 10.0.0.0/8 and ::1
 UNKNOWN_KEY = "unknown-key-0123456789abcdef"
 
 AUTH_TEXT = """\
@@ -28,7 +30,12 @@ auth_clusters = *
 [{ops}]
 description = ops team
 auth_clusters = ops
-""".format(ci=CI_KEY, star=STAR_KEY, ops=OPS_KEY)
+
+[{lan}]
+description = lan only
+auth_clusters = default
+allowed_hosts = 10.0.0.0/8, ::1
+""".format(ci=CI_KEY, star=STAR_KEY, ops=OPS_KEY, lan=LAN_KEY)
 
 RELAYS_TEXT = """\
 [default]
@@ -42,7 +49,8 @@ up = uptime -p
 status = systemctl is-active backup.service
 """
 
-KEYS = (CI_KEY, STAR_KEY, OPS_KEY, UNKNOWN_KEY)
+KEYS = (CI_KEY, STAR_KEY, OPS_KEY, LAN_KEY, UNKNOWN_KEY)
+CLIENT = "127.0.0.1"
 
 
 def make_request(auth_key, command):
@@ -87,11 +95,50 @@ class AuthorizeTest(unittest.TestCase):
         for key, command, code in self.DENIALS:
             with self.subTest(key=key, command=command):
                 with self.assertRaises(RelayError) as caught:
-                    auth.authorize(self.config, make_request(key, command))
+                    auth.authorize(self.config, make_request(key, command), CLIENT)
                 self.assertEqual(caught.exception.code, code, str(caught.exception))
                 for secret in KEYS:
                     self.assertNotIn(secret, caught.exception.message)
                     self.assertNotIn(secret, str(caught.exception))
+
+    # (key, command, client address, expected code): the source address is checked right
+    # after the key, before anything that depends on the request's command.
+    ADDRESS_DENIALS = [
+        (UNKNOWN_KEY, "echo", "192.0.2.1", 1001),      # a bad key is a bad key anywhere
+        (LAN_KEY, "echo", "192.0.2.1", 1003),
+        (LAN_KEY, "echo", "", 1003),                   # no address known: not allowed
+        (LAN_KEY, "echo", "::2", 1003),
+        (LAN_KEY, "echo", "::ffff:192.0.2.1", 1003),   # IPv4-mapped is the IPv4 address
+        (LAN_KEY, "ops::up", "192.0.2.1", 1003),       # address beats cluster grant
+        (LAN_KEY, "nosuch::x", "192.0.2.1", 1003),     # ... and unknown cluster
+        (LAN_KEY, "nope", "192.0.2.1", 1003),          # ... and unknown command
+        (LAN_KEY, "::list", "192.0.2.1", 1003),        # ... and the listing
+        (LAN_KEY, "ops::up", "10.1.2.3", 1002),        # allowed address: next check
+        (LAN_KEY, "nope", "::1", 2004),
+    ]
+
+    def test_source_address_is_checked_right_after_the_key(self):
+        for key, command, address, code in self.ADDRESS_DENIALS:
+            with self.subTest(key=key, command=command, address=address):
+                with self.assertRaises(RelayError) as caught:
+                    auth.authorize(self.config, make_request(key, command), address)
+                self.assertEqual(caught.exception.code, code, str(caught.exception))
+                # Past the key check the refusal still says which key asked (audit).
+                expected = None if code == 1001 else "lan only"
+                grant = caught.exception.grant
+                self.assertEqual(grant and grant.label, expected)
+
+    def test_allowed_address_runs_and_lists(self):
+        for address in ("10.0.0.1", "::1", "::ffff:10.9.9.9"):
+            with self.subTest(address=address):
+                decision = auth.authorize(self.config, make_request(LAN_KEY, "echo"),
+                                          address)
+                self.assertIs(decision.relay, self.config.clusters["default"]["echo"])
+                listing = auth.authorize(self.config, make_request(LAN_KEY, "::list"),
+                                         address)
+                self.assertIsNone(listing.relay)
+                self.assertEqual([command.full_name for command in listing.listing],
+                                 ["default::echo", "default::true"])
 
     def test_messages(self):
         cases = [(UNKNOWN_KEY, "echo", "authentication failed"),
@@ -101,14 +148,15 @@ class AuthorizeTest(unittest.TestCase):
         for key, command, message in cases:
             with self.subTest(command=command):
                 with self.assertRaises(RelayError) as caught:
-                    auth.authorize(self.config, make_request(key, command))
+                    auth.authorize(self.config, make_request(key, command), CLIENT)
                 self.assertEqual(caught.exception.message, message)
 
     def test_not_granted_reply_does_not_reveal_whether_the_cluster_exists(self):
         replies = []
         for cluster in ("backup", "nosuch"):
             with self.assertRaises(RelayError) as caught:
-                auth.authorize(self.config, make_request(OPS_KEY, cluster + "::status"))
+                auth.authorize(self.config, make_request(OPS_KEY, cluster + "::status"),
+                               CLIENT)
             replies.append((caught.exception.code,
                             caught.exception.message.replace(cluster, "CLUSTER")))
         self.assertEqual(replies[0], replies[1])
@@ -126,10 +174,10 @@ class AuthorizeTest(unittest.TestCase):
                   config.key_fingerprint(STAR_KEY))]
         for key, command, cluster, name, argv, label in cases:
             with self.subTest(key=key, command=command):
-                decision = auth.authorize(self.config, make_request(key, command))
-                self.assertIs(decision.command, self.config.clusters[cluster][name])
-                self.assertEqual((decision.command.cluster, decision.command.name,
-                                  decision.command.argv), (cluster, name, argv))
+                decision = auth.authorize(self.config, make_request(key, command), CLIENT)
+                self.assertIs(decision.relay, self.config.clusters[cluster][name])
+                self.assertEqual((decision.relay.cluster, decision.relay.name,
+                                  decision.relay.argv), (cluster, name, argv))
                 self.assertEqual(decision.grant.label, label)
                 self.assertNotIn(key, decision.grant.label)
 
@@ -155,10 +203,11 @@ class AuthorizeTest(unittest.TestCase):
             self, auth="[%s]\ndescription = unicode\nauth_clusters = default\n" % key,
             relays=RELAYS_TEXT)
         loaded = config.load_config(directory, shell_exec=True)
-        self.assertEqual(auth.authorize(loaded, make_request(key, "echo")).grant.label,
-                         "unicode")
+        self.assertEqual(auth.authorize(loaded, make_request(key, "echo"), CLIENT)
+                         .grant.label, "unicode")
         with self.assertRaises(RelayError) as caught:
-            auth.authorize(loaded, make_request("cle\u0301-\u2603-0123456789abcdef", "echo"))
+            auth.authorize(loaded, make_request("cle\u0301-\u2603-0123456789abcdef",
+                                                "echo"), CLIENT)
         self.assertEqual(caught.exception.code, 1001)
 
 

@@ -1,7 +1,8 @@
-"""Deciding whether a request may run: key, source address, cluster grant, argument policy.
+"""Deciding whether a request may run: the README's "Order of checks", top to bottom.
 
-Sans-IO: `authorize` takes a loaded `Config` and a `Request` and returns what to run, or
-raises the `RelayError` to answer with. It never runs anything and never logs the key.
+Sans-IO: `authorize` takes a loaded `Config`, a `Request` and the client's address and
+returns a `Decision` (what to run, or what to list), or raises the `Refused` error to
+answer with. It never runs anything and never logs the key.
 """
 
 from .keys import key_digest
@@ -10,17 +11,61 @@ from .protocol import (ADDRESS_NOT_ALLOWED, AUTH_FAILED, CLUSTER_NOT_ALLOWED,
 
 
 class Decision(object):
-    """An authorized request: the key's `grant` (with its log label) and the `command`."""
+    """An authorized request: the key's `grant` (with its log label), and either the
+    `relay` to run (a config.Command) or, for `::list`, the `listing` of the Commands the
+    key may run (and `relay` None)."""
 
-    __slots__ = ("grant", "command")
+    __slots__ = ("grant", "relay", "listing")
 
-    def __init__(self, grant, command):
+    def __init__(self, grant, relay=None, listing=None):
         self.grant = grant
-        self.command = command
+        self.relay = relay
+        self.listing = listing
+
+
+class Refused(RelayError):
+    """A refused request. `grant` is the key's KeyGrant when the key itself was valid
+    (so the audit line of a 1003, 1002, 2003, 2004 or 2007 says which key asked), else
+    None."""
+
+    def __init__(self, code, message=None, grant=None):
+        RelayError.__init__(self, code, message)
+        self.grant = grant
+
+
+def authorize(config, request, client_address):
+    """Returns the `Decision` for `request` from `client_address` (text; "" when
+    unknown), or raises `Refused`.
+
+    The order is fixed: key (1001), source address (1003), cluster grant (1002),
+    cluster exists (2003), command exists (2004), argument policy (2007). A key that is
+    not granted a cluster gets 1002 whether or not the cluster exists, so a key cannot
+    probe which clusters are configured.
+    """
+    grant = authenticate(config, request.auth_key)
+    try:
+        if not grant.allows_address(client_address):
+            raise RelayError(ADDRESS_NOT_ALLOWED)
+        if request.is_list:
+            return Decision(grant, listing=visible_commands(config, grant))
+        if not grant.allows(request.cluster):
+            raise RelayError(CLUSTER_NOT_ALLOWED,
+                             "this key may not use cluster %r" % request.cluster)
+        commands = config.clusters.get(request.cluster)
+        if commands is None:
+            raise RelayError(UNKNOWN_CLUSTER, "unknown cluster %r" % request.cluster)
+        relay = commands.get(request.name)
+        if relay is None:
+            raise RelayError(UNKNOWN_COMMAND, "unknown command %r in cluster %r"
+                             % (request.name, request.cluster))
+        relay.policy.check(request.arguments)
+    except RelayError as error:
+        raise Refused(error.code, error.message, grant)
+    return Decision(grant, relay=relay)
 
 
 def authenticate(config, auth_key):
-    """Returns the KeyGrant for `auth_key`, or raises RelayError(1001).
+    """Returns the KeyGrant for `auth_key`, or raises Refused(1001).
 
     Keys are looked up by their sha256 digest, plain and hashed keys alike: the time
     taken depends on the digest, not on how many leading characters of a secret a guess
@@ -28,40 +73,8 @@ def authenticate(config, auth_key):
     """
     grant = config.keys.get(key_digest(auth_key))
     if grant is None:
-        raise RelayError(AUTH_FAILED, "authentication failed")
+        raise Refused(AUTH_FAILED, "authentication failed")
     return grant
-
-
-def check_client_address(grant, client_address):
-    """Raises RelayError(1003) if the key has `allowed_hosts` and `client_address`
-    (text) is not among them."""
-    if not grant.allows_address(client_address):
-        raise RelayError(ADDRESS_NOT_ALLOWED)
-
-
-def authorize(config, request, grant=None):
-    """Returns the `Decision` for a request, or raises the RelayError to answer with.
-
-    The order is fixed: key, then cluster grant, then cluster, then command, then the
-    command's argument policy (2007). A key that is
-    not granted a cluster gets 1002 whether or not the cluster exists, so a key cannot
-    probe which clusters are configured. `grant`, when the caller already authenticated
-    the key (to log who asked even if refused), skips the first step.
-    """
-    if grant is None:
-        grant = authenticate(config, request.auth_key)
-    if not grant.allows(request.cluster):
-        raise RelayError(CLUSTER_NOT_ALLOWED,
-                         "this key may not use cluster %r" % request.cluster)
-    commands = config.clusters.get(request.cluster)
-    if commands is None:
-        raise RelayError(UNKNOWN_CLUSTER, "unknown cluster %r" % request.cluster)
-    command = commands.get(request.name)
-    if command is None:
-        raise RelayError(UNKNOWN_COMMAND, "unknown command %r in cluster %r"
-                         % (request.name, request.cluster))
-    command.policy.check(request.arguments)
-    return Decision(grant, command)
 
 
 def visible_commands(config, grant):

@@ -12,7 +12,7 @@ import logging
 import os
 
 from . import executor, systemd
-from .auth import authenticate, authorize, check_client_address, visible_commands
+from .auth import Refused, authorize
 from .protocol import (ALREADY_RUNNING, COMMAND_FAILED, COMMAND_TIMED_OUT, INTERNAL_ERROR,
                        OK, RelayError, command_reply, error_reply, iter_reply, list_reply)
 
@@ -58,17 +58,19 @@ class Dispatcher(object):
         command is over."""
         grant = None
         try:
-            # Known before anything else may refuse, so the audit line of a 1003, 1002,
-            # 2003 or 2004 still says which key asked.
-            grant = authenticate(config, request.auth_key)
-            check_client_address(grant, address[0] if address else "")
-            if request.is_list:
-                code, reply = OK, list_reply([_describe(command) for command
-                                              in visible_commands(config, grant)])
+            decision = authorize(config, request, address[0] if address else "")
+            grant = decision.grant
+            if decision.relay is None:
+                code, reply = OK, list_reply([_describe(command)
+                                              for command in decision.listing])
             else:
-                command = authorize(config, request, grant).command
-                self._start(_Job(sock, address, request, grant, command))
+                self._start(_Job(sock, address, request, grant, decision.relay))
                 return
+        except Refused as error:
+            # The grant is known for everything after the key check, so the audit line of
+            # a 1003, 1002, 2003, 2004 or 2007 still says which key asked.
+            grant = error.grant
+            code, reply = error.code, error_reply(error.code, error.message)
         except RelayError as error:
             code, reply = error.code, error_reply(error.code, error.message)
         except Exception:
