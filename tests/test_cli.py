@@ -1,10 +1,15 @@
 """The command line: flags, configtest, exit codes and one-line failures."""
 
+import json
 import os
+import re
 import shutil
+import signal
 import socket
+import stat
 import subprocess
 import tempfile
+import time
 import unittest
 
 from tests import support
@@ -134,7 +139,9 @@ class ConfigtestTest(unittest.TestCase):
         self.assertEqual(len(result.stderr.splitlines()), 1)
 
 
-CLEAN_RELAYS = "[default]\ntrue = /bin/true\n[ops]\nuptime = /bin/true\n"
+# No warning at start-up: a failed start prints its one line and nothing else.
+CLEAN_RELAYS = ("[default]\ntrue = /bin/true\ntrue.max_args = 0\n"
+                "[ops]\nuptime = /bin/true\nuptime.max_args = 0\n")
 
 
 class StartupFailureTest(unittest.TestCase):
@@ -175,6 +182,102 @@ class StartupFailureTest(unittest.TestCase):
         self.assertEqual(result.returncode, 1)
         self.assertEqual(result.stderr, "uscmdrelay: cannot open log file %s: No such file or "
                          "directory\n" % log_file)
+
+
+class ArgumentWarningLoggedTest(unittest.TestCase):
+    """The unguarded-arguments warning reaches configtest, the start-up log and a reload."""
+
+    RELAYS = "[default]\nuptime = uptime\nuptime.max_args = 0\ndate = date +%Y-%m-%d\n"
+    AUTH = "[%s]\nauth_clusters = default\n" % support.KEY
+
+    @staticmethod
+    def warning(directory, name):
+        return ("%s/relays.conf: [default] %s: client arguments are appended unguarded (an "
+                "argument such as '-f FILE' becomes an option); set {0}.max_args = 0, or end "
+                "the command line with '--' and set {0}.arg_pattern or {0}.arg_choices"
+                .format(name) % (directory, name))
+
+    def test_configtest_prints_the_warning_and_still_passes(self):
+        directory = support.make_config_dir(self, auth=self.AUTH, relays=self.RELAYS)
+        result = run_cli(["--config-dir", directory, "configtest"])
+        self.assertEqual((result.returncode, result.stderr), (0, ""))
+        warnings = [line for line in result.stdout.splitlines()
+                    if line.startswith("warning: ")]
+        self.assertEqual(warnings, ["warning: " + self.warning(directory, "date")])
+
+    def test_server_logs_it_at_warning_at_start_up_and_on_reload(self):
+        directory = support.make_config_dir(self, auth=self.AUTH, relays=self.RELAYS)
+        server = support.start_server(self, config_dir=directory)
+        log_line = " WARNING config: " + self.warning(directory, "date") + "\n"
+        self.assertIn(log_line, server.log_text())
+        self.assertNotIn("uptime: client arguments", server.log_text())
+        with open(os.path.join(directory, "relays.conf"), "a") as handle:
+            handle.write("echo = echo\n")
+        start = len(server.log_text())
+        server.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + support.START_TIMEOUT
+        while ("configuration reloaded" not in server.log_text()[start:]
+               and time.monotonic() < deadline):
+            time.sleep(0.02)
+        after = server.log_text()[start:]
+        self.assertIn("configuration reloaded", after)
+        self.assertIn(log_line, after)
+        self.assertIn(" WARNING config: " + self.warning(directory, "echo") + "\n", after)
+
+
+def init_dir(test):
+    """A path for `init` to create, in a fresh parent removed in `test`'s cleanup."""
+    parent = tempfile.mkdtemp(prefix="uscmdrelay-init-")
+    test.addCleanup(shutil.rmtree, parent, True)
+    return os.path.join(parent, "conf")
+
+
+def init_key(directory):
+    """The (plain) key init wrote to DIRECTORY/auth.conf."""
+    with open(os.path.join(directory, "auth.conf"), encoding="utf-8") as handle:
+        return re.search(r"^\[(.+)\]$", handle.read(), re.M).group(1)
+
+
+class InitConfigSafetyTest(unittest.TestCase):
+    """What `init` writes is safe to serve as it is."""
+
+    def test_init_config_refuses_date_dash_f_reading_auth_conf(self):
+        # GNU `date -f FILE` prints each line of FILE it cannot parse: with client
+        # arguments appended to `date +%Y-%m-%d`, a key holder could read every key.
+        directory = init_dir(self)
+        result = run_cli(["init", "--config-dir", directory])
+        self.assertEqual(result.returncode, 0, result.stderr)
+        key = init_key(directory)
+        auth_path = os.path.join(directory, "auth.conf")
+        server = support.start_server(self, config_dir=directory)
+        for arguments in (["-f", auth_path], ["--file=" + auth_path]):
+            with self.subTest(arguments=arguments):
+                reply = support.request(server.port, auth_key=key, command="date",
+                                        arguments=arguments)
+                self.assertEqual(reply["code"], 2007, reply)
+                self.assertNotIn(key, json.dumps(reply))
+        reply = support.request(server.port, auth_key=key, command="date")
+        self.assertEqual(reply["code"], 0, reply)
+        self.assertRegex(reply["message"], r"\A\d{4}-\d\d-\d\d\Z")
+
+    def test_init_config_echo_takes_words_but_no_options(self):
+        directory = init_dir(self)
+        self.assertEqual(run_cli(["init", "--config-dir", directory]).returncode, 0)
+        key = init_key(directory)
+        server = support.start_server(self, config_dir=directory)
+        reply = support.request(server.port, auth_key=key, command="echo",
+                                arguments=["hello", "world"])
+        self.assertEqual((reply["code"], reply["stdout"]), (0, "hello world\n"), reply)
+        for arguments in (["--help"], ["-e", "\\x41"], ["hi", "--version"]):
+            with self.subTest(arguments=arguments):
+                reply = support.request(server.port, auth_key=key, command="echo",
+                                        arguments=arguments)
+                self.assertEqual(reply["code"], 2007, reply)
+        for command in ("uptime", "date"):
+            with self.subTest(command=command):
+                reply = support.request(server.port, auth_key=key, command=command,
+                                        arguments=["--help"])
+                self.assertEqual(reply["code"], 2007, reply)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,11 @@ KEY = "s3cret-key-0123456789abcdefXYZ"
 HIDDEN = "key " + config.key_fingerprint(KEY)
 
 
+def guards(*names):
+    """`NAME.max_args = 0` lines: these commands get no unguarded-arguments warning."""
+    return "".join("%s.max_args = 0\n" % name for name in names)
+
+
 def relays(text):
     """Parses relays.conf text; returns {cluster: {name: argv}}."""
     clusters = config.parse_relays(config.read_ini(io.StringIO(text), RELAYS), RELAYS)
@@ -383,7 +388,8 @@ class LoadConfigTest(unittest.TestCase):
         relays_text = ("[default]\ntrue = /bin/true\nsh = sh -c 'exit 0'\n"
                        "gone = no-such-program-uscmdrelay-test --flag\n"
                        "abs = /nonexistent/uscmdrelay-program\n"
-                       "notexec = /etc/passwd\n")
+                       "notexec = /etc/passwd\n" + guards("true", "sh", "gone", "abs",
+                                                              "notexec"))
         directory = self.make_dir(relays=relays_text)
         relays_path = os.path.join(directory, "relays.conf")
         auth_path = os.path.join(directory, "auth.conf")
@@ -401,7 +407,8 @@ class LoadConfigTest(unittest.TestCase):
             self.assertNotIn(KEY, warning)
 
     def test_no_executable_warnings_with_shell_exec(self):
-        relays_text = "[default]\ngone = no-such-program-uscmdrelay-test | wc -l\n"
+        relays_text = ("[default]\ngone = no-such-program-uscmdrelay-test | wc -l\n"
+                       "gone.max_args = 0\n")
         directory = self.make_dir(relays=relays_text)
         loaded = config.load_config(directory, shell_exec=True)
         self.assertEqual(loaded.warnings, [
@@ -409,7 +416,10 @@ class LoadConfigTest(unittest.TestCase):
             % (os.path.join(directory, "auth.conf"), HIDDEN)])
 
     def test_clean_config_has_no_warnings(self):
-        directory = self.make_dir(auth="[%s]\nauth_clusters = default ops\n" % KEY)
+        directory = self.make_dir(auth="[%s]\nauth_clusters = default ops\n" % KEY,
+                                  relays=self.RELAYS_TEXT.replace(
+                                      "\n\n", "\n" + guards("true", "echo", "date") + "\n")
+                                  + "up.max_args = 0\n")
         self.assertEqual(config.load_config(directory).warnings, [])
 
     def test_samples_load_once_copied_with_a_private_auth_conf(self):
@@ -425,6 +435,122 @@ class LoadConfigTest(unittest.TestCase):
         self.assertIn("default", loaded.clusters)
         self.assertGreater(len(loaded.keys), 0)
         self.assertEqual(loaded.warnings, [])
+
+
+def unguarded(name):
+    """The warning for command NAME of [default] in RELAYS."""
+    return ("%s: [default] %s: client arguments are appended unguarded (an argument such "
+            "as '-f FILE' becomes an option); set %s.max_args = 0, or end the command line "
+            "with '--' and set %s.arg_pattern or %s.arg_choices" % (RELAYS, name, name, name,
+                                                                    name))
+
+
+def ends_in(name, operator, effect):
+    return ("%s: [default] %s: the shell command line ends in '%s', so the first client "
+            "argument %s; set %s.max_args = 0, or complete the command line"
+            % (RELAYS, name, operator, effect, name))
+
+
+def comment(name):
+    return ("%s: [default] %s: the shell command line holds a comment (a '#' outside quotes "
+            "starts one), which swallows the client arguments; set %s.max_args = 0, or "
+            "quote the '#'" % (RELAYS, name, name))
+
+
+AS_COMMAND = "runs as a command"
+AS_FILE = "is the file name of a redirection"
+
+
+class ArgumentGuardWarningTest(unittest.TestCase):
+    """Commands whose client arguments could become options, commands or file names."""
+
+    # (relays.conf lines of [default] for a command `c`, --shell-exec, expected warning)
+    CASES = [
+        ("c = date +%Y-%m-%d", False, unguarded("c")),
+        ("c = date +%Y-%m-%d\nc.max_args = 0", False, None),
+        ("c = date +%Y-%m-%d\nc.max_args = 1", False, unguarded("c")),
+        ("c = date +%Y-%m-%d\nc.min_args = 1", False, unguarded("c")),
+        ("c = echo\nc.arg_pattern = [^-].*", False, None),
+        ("c = systemctl restart\nc.arg_choices = nginx php-fpm", False, None),
+        ("c = df -h --", False, None),
+        ("c = grep -e error -- /var/log/syslog", False, None),  # still after the '--'
+        ("c = df '--'", False, None),
+        ("c = --", False, unguarded("c")),  # the program itself
+        ("c = echo --x", False, unguarded("c")),
+        # Without a shell, shell syntax is literal: no operator, no comment.
+        ("c = echo hi # note", False, unguarded("c")),
+        ("c = echo hi &&", False, unguarded("c")),
+        ("c = echo hi # note", True, comment("c")),
+        ("c = echo hi #", True, comment("c")),
+        ("c = echo hi\nc.shell = yes", False, unguarded("c")),
+        ("c = echo hi --\nc.shell = yes", False, None),
+        ("c = echo hi --\nc.shell = no", True, None),
+        ("c = echo hi # note\nc.shell = no", True, unguarded("c")),
+        ("c = echo hi # note\nc.max_args = 0", True, None),
+        ("c = echo hi # note\nc.arg_pattern = [a-z]+", True, comment("c")),
+        ("c = echo '# not a comment' --", True, None),
+        ('c = echo "# not a comment" --', True, None),
+        ("c = echo \\# --", True, None),
+        ("c = echo a#b --", True, None),
+        ("c = echo ${#HOME} --", True, None),
+        ("c = echo $(date +%s) --", True, None),
+        ("c = cd /srv &&", True, ends_in("c", "&&", AS_COMMAND)),
+        ("c = false ||", True, ends_in("c", "||", AS_COMMAND)),
+        ("c = ps ax |", True, ends_in("c", "|", AS_COMMAND)),
+        ("c = ps ax | grep --\nc.arg_pattern = [a-z]+", True, None),
+        ("c = true;", True, ends_in("c", ";", AS_COMMAND)),
+        ("c = sleep 9 &", True, ends_in("c", "&", AS_COMMAND)),
+        ("c = sleep 9 &\nc.arg_choices = x", True, ends_in("c", "&", AS_COMMAND)),
+        ("c = sleep 9 &\nc.max_args = 0", True, None),
+        ("c = date >", True, ends_in("c", ">", AS_FILE)),
+        ("c = date >>", True, ends_in("c", ">>", AS_FILE)),
+        ("c = wc -l <", True, ends_in("c", "<", AS_FILE)),
+        ("c = date 2>&1", True, unguarded("c")),
+        ("c = ls -- | sort", True, unguarded("c")),
+        ("c = ls | sort --", True, None),
+        ("c = ls -- > /tmp/out", True, None),
+    ]
+
+    def warnings(self, lines, shell_exec):
+        clusters = config.parse_relays(config.read_ini(
+            io.StringIO("[default]\n%s\n" % lines), RELAYS), RELAYS)
+        warnings = []
+        config._warn_about_arguments(clusters, shell_exec, warnings)
+        return warnings
+
+    def test_each_unguarded_command_is_named_with_the_fix(self):
+        for lines, shell_exec, expected in self.CASES:
+            with self.subTest(lines=lines, shell_exec=shell_exec):
+                self.assertEqual(self.warnings(lines, shell_exec),
+                                 [] if expected is None else [expected])
+
+    def test_load_config_warns_per_file_cluster_and_command_in_order(self):
+        directory = support.make_config_dir(
+            self, auth="[%s]\nauth_clusters = *\n" % KEY,
+            relays="[web]\ntail = tail -n 5\nok = true\nok.max_args = 0\n"
+                   "[default]\nlist = ls\ndate = date\n")
+        path = os.path.join(directory, "relays.conf")
+        warnings = config.load_config(directory).warnings
+        self.assertEqual(warnings, [
+            unguarded("date").replace(RELAYS, path),
+            unguarded("list").replace(RELAYS, path),
+            unguarded("tail").replace(RELAYS, path).replace("[default]", "[web]"),
+        ])
+
+    def test_init_template_and_samples_are_guarded(self):
+        from uscmdrelay import init_config
+        for shell_exec in (False, True):
+            with self.subTest(shell_exec=shell_exec):
+                clusters = config.parse_relays(config.read_ini(
+                    io.StringIO(init_config.RELAYS_TEMPLATE), RELAYS), RELAYS)
+                warnings = []
+                config._warn_about_arguments(clusters, shell_exec, warnings)
+                self.assertEqual(warnings, [])
+                with open(os.path.join(support.ROOT, "samples", "relays.sample.conf"),
+                          encoding="utf-8") as handle:
+                    clusters = config.parse_relays(config.read_ini(handle, RELAYS), RELAYS)
+                config._warn_about_arguments(clusters, shell_exec, warnings)
+                self.assertEqual(warnings, [])
 
 
 class FindConfigDirTest(unittest.TestCase):

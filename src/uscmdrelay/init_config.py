@@ -26,11 +26,17 @@ RELAYS_TEMPLATE = """\
 # uscmdrelay relays.conf: each [section] is a cluster, each line 'name = command line'.
 # Clients call "name" (the [default] cluster) or "cluster::name". Client arguments are
 # appended as separate, literal words; no shell runs the line unless --shell-exec is on.
+# A literal word can still be an option ('date -f FILE' prints FILE): a command takes
+# no arguments (NAME.max_args = 0), or only ones after '--' or matching a pattern.
 
 [default]
 uptime = uptime
+uptime.max_args = 0
 date = date +%Y-%m-%d
+date.max_args = 0
+# echo does not honour '--': refuse any argument starting with '-' instead.
 echo = echo
+echo.arg_pattern = [^-].*
 """
 
 

@@ -107,6 +107,17 @@ class Policy(object):
             raise ValueError("min_args (%d) is greater than max_args (%d)"
                              % (self.min_args, self.max_args))
 
+    def accepts_arguments(self):
+        """True unless `max_args = 0`: client arguments can reach the command line."""
+        return self.max_args != 0
+
+    def limits_arguments(self):
+        """True when the policy alone keeps a client argument from being an arbitrary
+        word (so not an option either): none are accepted, or each must match
+        `arg_pattern` or be one of `arg_choices`."""
+        return (not self.accepts_arguments() or self.arg_pattern is not None
+                or self.arg_choices is not None)
+
     def check(self, arguments):
         """Raises RelayError(2007) unless the policy allows `arguments`."""
         count = len(arguments)
