@@ -102,9 +102,10 @@ class DropinConfigtestTest(unittest.TestCase):
     # -- reading order -------------------------------------------------------------------
 
     def test_dropins_are_read_in_lexical_order_after_the_main_file(self):
-        self.write("relays.conf", "[default]\ntrue = /bin/true\n")
+        self.write("relays.conf", "[default]\ntrue = /bin/true\ntrue.max_args = 0\n")
         for name, cluster in (("20-b.conf", "b"), ("10-a.conf", "a"), ("9-c.conf", "c")):
-            self.write("relays.d/" + name, "[%s]\ntrue = /bin/true\n" % cluster)
+            self.write("relays.d/" + name,
+                       "[%s]\ntrue = /bin/true\ntrue.max_args = 0\n" % cluster)
         self.write("auth.conf", _auth(KEY, "default, a, b, c"))
         self.write("auth.d/20-y.conf", _auth(OTHER_KEY))
         self.write("auth.d/10-x.conf", _auth(THIRD_KEY))
@@ -117,7 +118,7 @@ class DropinConfigtestTest(unittest.TestCase):
         self.assertIn("\nkeys: 3, clusters: 4, commands: 4\n", stdout)
 
     def test_main_files_may_be_absent_when_the_dropin_dirs_exist(self):
-        self.write("relays.d/web.conf", "[web]\ntrue = /bin/true\n")
+        self.write("relays.d/web.conf", "[web]\ntrue = /bin/true\ntrue.max_args = 0\n")
         self.write("auth.d/ops-team.conf", _auth(KEY, "web"))
         files, warnings = self.assert_ok()
         self.assertEqual(files, [self.path("relays.d/web.conf"),
@@ -318,7 +319,7 @@ class DropinConfigtestTest(unittest.TestCase):
                                     for warning in warnings), warnings)
 
     def test_cluster_granted_but_defined_in_no_file_is_only_a_warning(self):
-        self.write("relays.d/web.conf", "[web]\ntrue = /bin/true\n")
+        self.write("relays.d/web.conf", "[web]\ntrue = /bin/true\ntrue.max_args = 0\n")
         self.write("auth.d/team.conf", _auth(KEY, "web, later"))
         files, warnings = self.assert_ok()
         self.assertEqual(len(warnings), 1, warnings)

@@ -23,7 +23,7 @@ from tests.test_server import (BIG_RELAYS, BIG_SERVER_ARGS, PAUSE_AFTER_BYTES,
 CLIENT_TIMEOUT = 20.0
 REQUEST_TIMEOUT_SECONDS = 2
 # No warnings at start-up: a failed start must print its one error line and nothing else.
-TLS_RELAYS = "[default]\necho = /bin/echo\n"
+TLS_RELAYS = "[default]\necho = /bin/echo\necho.arg_pattern = [^-].*\n"
 TLS_AUTH = "[%s]\nauth_clusters = default\n" % KEY
 REQUEST_LINE = json.dumps({"auth_key": KEY, "command": "echo",
                            "arguments": ["over", "tls"]}) + "\n"
