@@ -1,13 +1,16 @@
 """The command line: flags, configtest, exit codes and one-line failures."""
 
+import ast
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 import unittest
@@ -132,11 +135,12 @@ class ConfigtestTest(unittest.TestCase):
             self.skipTest("a system-wide config exists on this machine")
         result = run_cli(["configtest"], env={"HOME": home})
         self.assertEqual(result.returncode, 2)
-        self.assertTrue(result.stderr.startswith("Config error: no configuration found: "))
-        for place in ("/etc/uscmdrelay", "/etc/opt/uscmdrelay", "~/.config/uscmdrelay",
-                      "--config-dir"):
-            self.assertIn(place, result.stderr)
-        self.assertEqual(len(result.stderr.splitlines()), 1)
+        # Someone who copied only the .pyz has no samples/: the exact command to run.
+        init_here = "/etc/uscmdrelay" if os.geteuid() == 0 else "~/.config/uscmdrelay"
+        self.assertEqual(result.stderr, "Config error: no configuration found: none of "
+                         "/etc/uscmdrelay, /etc/opt/uscmdrelay, ~/.config/uscmdrelay holds "
+                         "auth.conf or relays.conf; write a first one with 'uscmdrelay init "
+                         "--config-dir %s', or pass --config-dir DIR\n" % init_here)
 
 
 # No warning at start-up: a failed start prints its one line and nothing else.
@@ -278,6 +282,122 @@ class InitConfigSafetyTest(unittest.TestCase):
                 reply = support.request(server.port, auth_key=key, command=command,
                                         arguments=["--help"])
                 self.assertEqual(reply["code"], 2007, reply)
+
+
+# Runs `setup` (Python code), then execs the rest of argv: how a test gives init a umask
+# or a file size limit of its own.
+EXEC_AFTER = "import os, sys\n%s\nos.execv(sys.argv[1], sys.argv[1:])"
+
+
+def run_init_after(setup, directory, program="pyz"):
+    """Runs `uscmdrelay init --config-dir DIRECTORY` after `setup`; CompletedProcess."""
+    argv = support.command(program)
+    return subprocess.run(
+        [argv[0], "-c", EXEC_AFTER % setup] + argv + ["init", "--config-dir", directory],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        universal_newlines=True, timeout=60, env=support.environment(program))
+
+
+class InitFilesTest(unittest.TestCase):
+    """init writes through descriptors, into a directory that only its user controls, and
+    leaves nothing behind when it fails."""
+
+    def mode(self, *parts):
+        return stat.S_IMODE(os.lstat(os.path.join(*parts)).st_mode)
+
+    def test_modes_are_exact_whatever_the_umask(self):
+        for umask in (0o077, 0o000, 0o777):
+            with self.subTest(umask=oct(umask)):
+                directory = init_dir(self)
+                result = run_init_after("os.umask(%d)" % umask, directory)
+                self.assertEqual(result.returncode, 0, result.stderr)
+                self.assertEqual((self.mode(directory), self.mode(directory, "auth.conf"),
+                                  self.mode(directory, "relays.conf")),
+                                 (0o700, 0o600, 0o644))
+
+    @unittest.skipUnless(hasattr(sys, "addaudithook"), "audit hooks are Python 3.8+")
+    def test_modes_are_set_on_the_descriptor_never_by_path(self):
+        # chmod by path after open follows a symlink swapped in meanwhile, changing the
+        # mode of any file the user owns. os.fchmod raises the same "os.chmod" audit
+        # event as os.chmod, with a descriptor instead of a path.
+        directory = init_dir(self)
+        code = ("import sys\nevents = []\n"
+                "sys.addaudithook(lambda event, args: events.append(args[0])"
+                " if event == 'os.chmod' else None)\n"
+                "from uscmdrelay.init_config import write_config\n"
+                "write_config(sys.argv[1])\nprint(repr(events))\n")
+        result = subprocess.run(
+            [sys.executable, "-c", code, directory], stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+            timeout=60, env=support.environment("src"))
+        self.assertEqual(result.returncode, 0, result.stderr)
+        targets = ast.literal_eval(result.stdout.strip())
+        if not targets:
+            self.skipTest("this interpreter raises no os.chmod audit events")
+        self.assertEqual([type(target) for target in targets], [int] * len(targets),
+                         targets)
+
+    @unittest.skipUnless(os.geteuid() == 0, "needs root to give a directory away")
+    def test_existing_directory_of_another_user_is_refused(self):
+        directory = init_dir(self)
+        os.mkdir(directory, 0o700)
+        os.chown(directory, 65534, 65534)
+        owner = "%s (uid 65534)" % _user_name(65534) if _user_name(65534) else "uid 65534"
+        result = run_cli(["init", "--config-dir", directory])
+        self.assertEqual((result.returncode, result.stdout), (1, ""))
+        self.assertEqual(result.stderr, "uscmdrelay: cannot write into %s: it belongs to %s, "
+                         "not to root (uid 0); run chown root %s, or choose another "
+                         "--config-dir\n" % (directory, owner, directory))
+        self.assertEqual(os.listdir(directory), [])
+
+    def test_existing_directory_others_may_write_to_is_refused(self):
+        for mode in (0o777, 0o1777, 0o720, 0o702):
+            with self.subTest(mode=oct(mode)):
+                directory = init_dir(self)
+                os.mkdir(directory)
+                os.chmod(directory, mode)
+                result = run_cli(["init", "--config-dir", directory])
+                self.assertEqual((result.returncode, result.stdout), (1, ""))
+                self.assertEqual(result.stderr, "uscmdrelay: cannot write into %s: mode "
+                                 "%04o lets group or others write to it; run chmod go-w %s, "
+                                 "or choose another --config-dir\n"
+                                 % (directory, mode, directory))
+                self.assertEqual(os.listdir(directory), [])
+        directory = init_dir(self)
+        os.mkdir(directory, 0o750)
+        os.chmod(directory, 0o750)
+        self.assertEqual(run_cli(["init", "--config-dir", directory]).returncode, 0)
+
+    def test_failing_to_write_relays_conf_leaves_nothing_behind(self):
+        # A file size limit between the sizes of the two files: auth.conf is written,
+        # relays.conf fails (EFBIG, as a full disk fails with ENOSPC). Python ignores
+        # SIGXFSZ, so the write returns the error instead of killing the process.
+        from uscmdrelay import init_config
+        auth_size = len(init_config.AUTH_TEMPLATE.format(key="k" * 43).encode("utf-8"))
+        relays_size = len(init_config.RELAYS_TEMPLATE.encode("utf-8"))
+        self.assertLess(auth_size + 20, relays_size)
+        limit = "import resource\nresource.setrlimit(resource.RLIMIT_FSIZE, (%d, %d))" % (
+            auth_size + 20, auth_size + 20)
+        for existing in (False, True):
+            with self.subTest(existing_directory=existing):
+                directory = init_dir(self)
+                if existing:
+                    os.mkdir(directory, 0o700)
+                result = run_init_after(limit, directory)
+                self.assertEqual((result.returncode, result.stdout), (1, ""))
+                self.assertEqual(result.stderr, "uscmdrelay: cannot write %s: File too "
+                                 "large\n" % os.path.join(directory, "relays.conf"))
+                # A directory init made is gone; one that was there stays, empty.
+                self.assertEqual(os.path.exists(directory), existing)
+                if existing:
+                    self.assertEqual(os.listdir(directory), [])
+
+
+def _user_name(uid):
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
 
 
 if __name__ == "__main__":

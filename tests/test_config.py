@@ -615,8 +615,10 @@ class FindConfigDirTest(unittest.TestCase):
             config.find_config_dir((first, second, "~/nowhere"))
         self.assertEqual(str(caught.exception),
                          "no configuration found: none of %s, %s, ~/nowhere holds auth.conf "
-                         "or relays.conf; create one (see samples/) or pass --config-dir DIR"
-                         % (first, second))
+                         "or relays.conf; write a first one with 'uscmdrelay init "
+                         "--config-dir %s', or pass --config-dir DIR"
+                         % (first, second, "/etc/uscmdrelay" if os.geteuid() == 0
+                            else "~/.config/uscmdrelay"))
 
     def test_default_search_path(self):
         self.assertEqual(config.SEARCH_PATH, ("/etc/uscmdrelay", "/etc/opt/uscmdrelay",

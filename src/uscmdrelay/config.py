@@ -83,10 +83,18 @@ def find_config_dir(search_path=SEARCH_PATH):
         if any(os.path.exists(os.path.join(directory, name))
                for name in (AUTH_FILE, RELAYS_FILE, AUTH_DROPIN_DIR, RELAYS_DROPIN_DIR)):
             return directory
+    # The exact command: someone who copied only the .pyz has no samples/ to look at.
     raise ConfigError(
         "no configuration found",
-        "none of %s holds %s or %s; create one (see samples/) or pass --config-dir DIR"
-        % (", ".join(search_path), AUTH_FILE, RELAYS_FILE))
+        "none of %s holds %s or %s; write a first one with 'uscmdrelay init "
+        "--config-dir %s', or pass --config-dir DIR"
+        % (", ".join(search_path), AUTH_FILE, RELAYS_FILE, default_config_dir()))
+
+
+def default_config_dir():
+    """Where `init` writes without --config-dir: /etc/uscmdrelay for root,
+    ~/.config/uscmdrelay (unexpanded) for anyone else."""
+    return SEARCH_PATH[0] if os.geteuid() == 0 else SEARCH_PATH[2]
 
 
 def load_config(directory, shell_exec=False, relays_file=None, auth_file=None,
