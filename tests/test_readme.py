@@ -323,6 +323,19 @@ class ConfigExamplesTest(ReadmeTestCase):
         self.assertEqual(status, 0, stderr)
         self.assertTrue(stdout.startswith("Config OK\n"), stdout)
         self.assertIn("keys: 3, clusters: 2,", stdout)
+        self.assertNotIn("client arguments", stdout)
+
+    def test_unguarded_arguments_warning_is_what_the_readme_shows(self):
+        shown = [line for line in self.text.splitlines()
+                 if line.startswith("warning: /etc/uscmdrelay/relays.conf: [default] date:")]
+        self.assertEqual(len(shown), 1)
+        auth = "[%s]\nauth_clusters = default\n" % support.KEY
+        directory = support.make_config_dir(self, auth=auth,
+                                            relays="[default]\ndate = date +%Y-%m-%d\n")
+        status, stdout, stderr = run_pyz(["--config-dir", directory, "configtest"])
+        self.assertEqual(status, 0, stderr)
+        warnings = [line for line in stdout.splitlines() if line.startswith("warning: ")]
+        self.assertEqual(warnings, [shown[0].replace("/etc/uscmdrelay", directory)])
 
     def test_readme_samples_are_linked_and_exist(self):
         for name in re.findall(r"\]\((samples/[^)]+)\)", self.text):
