@@ -6,6 +6,7 @@ Config errors are what users read, so these tests assert their exact text.
 import io
 import os
 import shutil
+import subprocess
 import tempfile
 import unittest
 
@@ -17,6 +18,11 @@ RELAYS = "/etc/uscmdrelay/relays.conf"
 AUTH = "/etc/uscmdrelay/auth.conf"
 KEY = "s3cret-key-0123456789abcdefXYZ"
 HIDDEN = "key " + config.key_fingerprint(KEY)
+JOINED = ("this indented line would be joined to the value above; remove the leading white "
+          "space (values are one line)")
+# A base64 key ends in '=': written without brackets it parses as an option.
+B64_KEY = "q83vASNFZ4mrze8BI0VniavN7wEjRWeJq83vASNFZw=="
+OTHER = "other-key-0123456789abcdef"
 
 
 def guards(*names):
@@ -117,6 +123,21 @@ class RelaysConfTest(unittest.TestCase):
         ("cluster name with surrounding spaces", "[ a ]\nx = y\n",
          RELAYS + ": [ a ]: a cluster name may not be empty or start or end with white "
          "space"),
+        ("indented setting joined to the command line",
+         "[web]\nrestart = systemctl restart\n  restart.arg_choices = nginx\n",
+         RELAYS + ": [web] restart: line 3: " + JOINED),
+        ("indented with a tab", "[web]\nstatus = systemctl status\n\tnginx\n",
+         RELAYS + ": [web] status: line 3: " + JOINED),
+        ("indented deeper than indented options", "[web]\n  a = true\n    b = true\n",
+         RELAYS + ": [web] a: line 3: " + JOINED),
+        ("indented section joined to the value above", "[a]\nx = y\n  [b]\n  z = w\n",
+         RELAYS + ": [a] x: line 3: " + JOINED),
+        ("indented line before a line without '='", "[a]\nx = y\n  z\nfoo bar\n",
+         RELAYS + ": [a] x: line 3: " + JOINED),
+        ("indented line before a duplicate option", "[a]\nx = y\n z\nx = w\n",
+         RELAYS + ": [a] x: line 3: " + JOINED),
+        ("duplicate section before an indented line", "[a]\n[a]\nx = y\n z\n",
+         RELAYS + ": line 2: section [a] is defined twice"),
         ("no clusters", "# only a comment\n\n",
          RELAYS + ": no clusters defined; add a section such as [default] with a line "
          "'name = command'"),
@@ -170,6 +191,19 @@ class RelaysConfTest(unittest.TestCase):
             "e": ["printf", "%s\\n", "a b"],
             "empty-arg": ["echo", "", "x"]}})
 
+    def test_indentation_configparser_does_not_join_is_allowed(self):
+        cases = [("every option indented alike", "[a]\n  x = one\n  y = two\n"),
+                 ("less indented than the option above", "[a]\n    x = one\n  y = two\n"),
+                 ("after a blank line", "[a]\nx = one\n\n  y = two\n"),
+                 ("after an indented comment", "[a]\nx = one\n  # note\n  y = two\n"),
+                 ("indented ; comment", "[a]\nx = one\n    ; y = three\ny = two\n"),
+                 ("indented header after a blank line", "[a]\nx = one\n\n  [b]\n  y = two\n")]
+        for name, text in cases:
+            with self.subTest(case=name):
+                parsed = relays(text)
+                self.assertEqual(parsed["a"]["x"], ["one"])
+                self.assertEqual(parsed.get("b", parsed["a"])["y"], ["two"])
+
     def test_empty_cluster_is_allowed_and_kept(self):
         self.assertEqual(relays("[default]\n[ops]\nup = uptime\n"),
                          {"default": {}, "ops": {"up": ["uptime"]}})
@@ -185,13 +219,13 @@ class RelaysConfTest(unittest.TestCase):
 class AuthConfTest(unittest.TestCase):
 
     ERRORS = [
+        # An unknown option is not named (it may be a key without brackets): its line is.
         ("unknown option", "[%s]\nauth_clusters = a\nclusters = b\n" % KEY,
-         AUTH + ": [%s] clusters: unknown option (expected one of: auth_clusters, description, "
-         "allowed_hosts)"
-         % HIDDEN),
+         AUTH + ": [%s]: line 3: unknown option (expected one of: auth_clusters, "
+         "description, allowed_hosts; a key goes in brackets)" % HIDDEN),
         ("option names are case-sensitive", "[%s]\nAuth_Clusters = a\n" % KEY,
-         AUTH + ": [%s] Auth_Clusters: unknown option (expected one of: auth_clusters, "
-         "description, allowed_hosts)" % HIDDEN),
+         AUTH + ": [%s]: line 2: unknown option (expected one of: auth_clusters, "
+         "description, allowed_hosts; a key goes in brackets)" % HIDDEN),
         ("missing auth_clusters", "[%s]\ndescription = ci\n" % KEY,
          AUTH + ": [%s] auth_clusters: missing; list the clusters this key may use, or "
          "'*' for all" % HIDDEN),
@@ -213,7 +247,7 @@ class AuthConfTest(unittest.TestCase):
         ("duplicate key", "[%s]\nauth_clusters = a\n\n[%s]\nauth_clusters = b\n"
          % (KEY, KEY), AUTH + ": line 4: section [%s] is defined twice" % HIDDEN),
         ("duplicate option", "[%s]\nauth_clusters = a\nauth_clusters = b\n" % KEY,
-         AUTH + ": [%s] auth_clusters: line 3: option is defined twice" % HIDDEN),
+         AUTH + ": [%s]: line 3: option is defined twice" % HIDDEN),
         ("key typed without brackets", "%s\nauth_clusters = a\n" % KEY,
          AUTH + ": line 1: this line is outside any [section]"),
         ("key typed without a closing bracket",
@@ -222,6 +256,11 @@ class AuthConfTest(unittest.TestCase):
         ("[DEFAULT] section", "[DEFAULT]\nauth_clusters = *\n",
          AUTH + ": [DEFAULT]: a [DEFAULT] section is not supported (the default cluster "
          "is spelled [default])"),
+        ("indented key section joined to the clusters above",
+         "[%s]\nauth_clusters = a\n  [%s]\n  auth_clusters = b\n" % (OTHER, KEY),
+         AUTH + ": [key %s]: line 3: %s" % (config.key_fingerprint(OTHER), JOINED)),
+        ("indented line after a key's option", "[%s]\nauth_clusters = a\n\t%s\n" % (KEY, KEY),
+         AUTH + ": [%s]: line 3: %s" % (HIDDEN, JOINED)),
     ]
 
     def test_errors_have_exact_messages_and_never_show_the_key(self):
@@ -278,6 +317,71 @@ class AuthConfTest(unittest.TestCase):
                     "description = 100%% ops; %%(x)s\nauth_clusters = ops\n" % KEY)
         self.assertEqual(keys[KEY].label, "100% ops; %(x)s")
         self.assertEqual(keys[KEY].clusters, frozenset(["ops"]))
+
+
+class KeyShapedLinesTest(unittest.TestCase):
+    """A key typed in the wrong place of an auth file never appears in a config error."""
+
+    # Every place a key-shaped line can land in; {key} is the key, {bare} without '='.
+    PLACES = [
+        ("before any section", "{key}\n[%s]\nauth_clusters = *\n" % OTHER),
+        ("an option line", "[%s]\nauth_clusters = *\n{key}\n" % OTHER),
+        ("an option line with a value", "[%s]\nauth_clusters = *\n{key} = yes\n" % OTHER),
+        ("an option line first in its section", "[%s]\n{key}\nauth_clusters = *\n" % OTHER),
+        ("an indented option after the header", "[%s]\n  {key}\nauth_clusters = *\n" % OTHER),
+        ("the same option line twice", "[%s]\nauth_clusters = *\n{key}\n{key}\n" % OTHER),
+        ("an indented line", "[%s]\nauth_clusters = *\n  {key}\n" % OTHER),
+        ("an indented line under a key section", "[{key}]\nauth_clusters = *\n  {key}\n"),
+        ("an indented key section", "[%s]\nauth_clusters = *\n  [{key}]\n"
+         "  auth_clusters = *\n" % OTHER),
+        ("a line without '='", "[%s]\nauth_clusters = *\n{bare}\n" % OTHER),
+        ("a section without its closing bracket", "[%s]\nauth_clusters = *\n[{key}\n" % OTHER),
+        ("a section with spaces", "[ {key} ]\nauth_clusters = *\n"),
+        ("a section defined twice", "[{key}]\nauth_clusters = *\n[{key}]\nauth_clusters = *\n"),
+        ("a section without auth_clusters", "[{key}]\ndescription = ci\n"),
+        ("a hashed section gone wrong", "[sha256:{key}]\nauth_clusters = *\n"),
+        ("allowed_hosts", "[%s]\nauth_clusters = *\nallowed_hosts = ::1 {key}\n" % OTHER),
+        ("allowed_hosts, bare", "[%s]\nauth_clusters = *\nallowed_hosts = {bare}\n" % OTHER),
+    ]
+
+    def assert_hidden(self, message, key):
+        bare = key.rstrip("=")
+        self.assertNotIn(bare, message)
+        self.assertNotIn(bare[:12], message)
+
+    def test_parsed_auth_text_errors_never_show_the_key(self):
+        for key in (B64_KEY, KEY):
+            for place, template in self.PLACES:
+                with self.subTest(key=key, place=place):
+                    text = template.format(key=key, bare=key.rstrip("="))
+                    with self.assertRaises(ConfigError) as caught:
+                        auth(text)
+                    self.assert_hidden(str(caught.exception), key)
+
+    def test_auth_files_and_dropins_errors_never_show_the_key(self):
+        for name in ("auth.conf", "auth.d/10-team.conf"):
+            for place, template in self.PLACES:
+                with self.subTest(file=name, place=place):
+                    directory = support.make_config_dir(
+                        self, auth=None, relays="[default]\ntrue = /bin/true\n")
+                    path = os.path.join(directory, name)
+                    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+                    with open(path, "w") as handle:
+                        handle.write(template.format(key=B64_KEY, bare=B64_KEY.rstrip("=")))
+                    os.chmod(path, 0o600)
+                    with self.assertRaises(ConfigError) as caught:
+                        config.load_config(directory)
+                    self.assertTrue(str(caught.exception).startswith(path + ": "),
+                                    str(caught.exception))
+                    self.assert_hidden(str(caught.exception), B64_KEY)
+
+    def test_key_typed_without_brackets_is_found_by_its_line(self):
+        with self.assertRaises(ConfigError) as caught:
+            auth("[%s]\nauth_clusters = *\n# the new key:\n%s\n" % (OTHER, B64_KEY))
+        self.assertEqual(str(caught.exception),
+                         AUTH + ": [key %s]: line 4: unknown option (expected one of: "
+                         "auth_clusters, description, allowed_hosts; a key goes in brackets)"
+                         % config.key_fingerprint(OTHER))
 
 
 class LoadConfigTest(unittest.TestCase):
@@ -551,6 +655,160 @@ class ArgumentGuardWarningTest(unittest.TestCase):
                     clusters = config.parse_relays(config.read_ini(handle, RELAYS), RELAYS)
                 config._warn_about_arguments(clusters, shell_exec, warnings)
                 self.assertEqual(warnings, [])
+
+
+LINKED_FILE = ("is a symbolic link; a config file must be a real file (replace the link with "
+               "the file it points to)")
+LINKED_DIR = ("is a symbolic link; a drop-in directory must be a real directory (replace the "
+              "link with the directory it points to)")
+AS_ROOT = unittest.skipUnless(os.geteuid() == 0, "needs root to give a file to another user")
+
+
+def writable(path, mode):
+    return "%s: writable by group or others (mode %04o); run chmod go-w %s" % (path, mode, path)
+
+
+class FileSafetyTest(unittest.TestCase):
+    """Files are opened without following links and checked through the descriptor read;
+    the config dir and drop-in directories must not be writable by another user."""
+
+    def setUp(self):
+        self.dir = support.make_config_dir(
+            self, auth="[%s]\nauth_clusters = *\n" % KEY, relays="[default]\nt = true\n")
+        self.elsewhere = tempfile.mkdtemp(prefix="uscmdrelay-test-")
+        self.addCleanup(shutil.rmtree, self.elsewhere, True)
+
+    def path(self, *names):
+        return os.path.join(self.dir, *names)
+
+    def assert_refused(self, message, **kwargs):
+        with self.assertRaises(ConfigError) as caught:
+            config.load_config(self.dir, **kwargs)
+        self.assertEqual(str(caught.exception), message)
+
+    def replace_with_link(self, name):
+        """Moves the config dir's `name` elsewhere and puts a link to it in its place."""
+        target = os.path.join(self.elsewhere, os.path.basename(name))
+        os.rename(self.path(name), target)
+        os.symlink(target, self.path(name))
+        return self.path(name)
+
+    def write(self, name, text, mode=0o644):
+        path = self.path(name)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        with open(path, "w") as handle:
+            handle.write(text)
+        os.chmod(path, mode)
+        return path
+
+    def test_linked_auth_conf_and_relays_conf_are_refused(self):
+        for name in ("auth.conf", "relays.conf"):
+            with self.subTest(name=name):
+                path = self.replace_with_link(name)
+                self.assert_refused("%s: %s" % (path, LINKED_FILE))
+                os.unlink(path)
+                os.rename(os.path.join(self.elsewhere, name), path)
+                config.load_config(self.dir)
+
+    def test_linked_dropin_file_and_dropin_directory_are_refused(self):
+        linked = self.write("relays.d/10-web.conf", "[web]\nt = true\n")
+        self.write("auth.d/10-team.conf", "[%s]\nauth_clusters = *\n" % OTHER, 0o600)
+        config.load_config(self.dir)
+        self.replace_with_link("relays.d/10-web.conf")
+        self.assert_refused("%s: %s" % (linked, LINKED_FILE))
+        os.unlink(linked)
+        directory = self.replace_with_link("auth.d")
+        self.assert_refused("%s: %s" % (directory, LINKED_DIR))
+
+    def test_dangling_link_in_place_of_relays_conf_is_refused_not_skipped(self):
+        # With relays.d there, a missing relays.conf is fine: a link is not missing.
+        self.write("relays.d/10-web.conf", "[web]\nt = true\n")
+        os.unlink(self.path("relays.conf"))
+        os.symlink(os.path.join(self.elsewhere, "nothing"), self.path("relays.conf"))
+        self.assert_refused("%s: %s" % (self.path("relays.conf"), LINKED_FILE))
+
+    def test_the_config_dir_itself_may_be_a_link(self):
+        link = os.path.join(self.elsewhere, "config")
+        os.symlink(self.dir, link)
+        loaded = config.load_config(link)
+        self.assertEqual(loaded.files, [os.path.join(link, "relays.conf"),
+                                        os.path.join(link, "auth.conf")])
+
+    def test_relays_files_writable_by_group_or_others_are_refused(self):
+        dropin = self.write("relays.d/10-web.conf", "[web]\nt = true\n")
+        for path in (self.path("relays.conf"), dropin):
+            for mode in (0o666, 0o664, 0o646, 0o620, 0o602):
+                with self.subTest(path=path, mode=oct(mode)):
+                    os.chmod(path, mode)
+                    self.assert_refused(writable(path, mode))
+            for mode in (0o644, 0o640, 0o604, 0o600, 0o444, 0o755):
+                with self.subTest(path=path, mode=oct(mode)):
+                    os.chmod(path, mode)
+                    config.load_config(self.dir)
+
+    def test_directories_writable_by_group_or_others_are_refused(self):
+        self.write("relays.d/10-web.conf", "[web]\nt = true\n")
+        self.write("auth.d/10-team.conf", "[%s]\nauth_clusters = *\n" % OTHER, 0o600)
+        for path in (self.dir, self.path("relays.d"), self.path("auth.d")):
+            for mode in (0o777, 0o770, 0o707, 0o1777, 0o730):
+                with self.subTest(path=path, mode=oct(mode)):
+                    os.chmod(path, mode)
+                    self.assert_refused(writable(path, mode))
+            for mode in (0o755, 0o750, 0o700, 0o555):
+                with self.subTest(path=path, mode=oct(mode)):
+                    os.chmod(path, mode)
+                    config.load_config(self.dir)
+            os.chmod(path, 0o700)
+
+    @AS_ROOT
+    def test_files_and_directories_owned_by_another_user_are_refused(self):
+        self.write("relays.d/10-web.conf", "[web]\nt = true\n")
+        self.write("auth.d/10-team.conf", "[%s]\nauth_clusters = *\n" % OTHER, 0o600)
+        for name in ("", "relays.conf", "relays.d", "relays.d/10-web.conf", "auth.d"):
+            path = self.path(name) if name else self.dir
+            with self.subTest(path=path):
+                os.chown(path, 65534, -1)
+                self.assert_refused("%s: owned by uid 65534, but uscmdrelay runs as uid 0; "
+                                    "chown it to root" % path)
+                os.chown(path, 0, -1)
+        config.load_config(self.dir)
+
+    @AS_ROOT
+    def test_relays_files_may_belong_to_root_or_to_the_servers_user(self):
+        # As for `configtest --user 65534`: auth files must be 65534's, the rest root's
+        # or 65534's.
+        for name in ("auth.conf", "relays.conf"):
+            os.chown(self.path(name), 65534, -1)
+        config.load_config(self.dir, owner=65534)
+        os.chown(self.path("relays.conf"), 0, -1)
+        config.load_config(self.dir, owner=65534)
+        os.chown(self.path("relays.conf"), 12345, -1)
+        self.assert_refused("%s: owned by uid 12345, but uscmdrelay runs as uid 65534; chown "
+                            "it to root or to that user" % self.path("relays.conf"), owner=65534)
+
+    def test_not_a_regular_file_or_not_a_directory_is_refused(self):
+        os.unlink(self.path("relays.conf"))
+        os.mkdir(self.path("relays.conf"))
+        self.assert_refused("%s: is a directory; a config file must be a regular file"
+                            % self.path("relays.conf"))
+        os.rmdir(self.path("relays.conf"))
+        self.write("relays.conf", "[default]\nt = true\n")
+        self.write("relays.d", "[web]\nt = true\n")
+        self.assert_refused("%s: is a regular file; a drop-in directory must be a directory"
+                            % self.path("relays.d"))
+
+    def test_fifo_in_place_of_relays_conf_is_refused_without_hanging(self):
+        # Opened without O_NONBLOCK, a FIFO with no writer blocks open() for good: run in
+        # a child with a deadline, so that a regression fails instead of hanging the suite.
+        os.unlink(self.path("relays.conf"))
+        os.mkfifo(self.path("relays.conf"), 0o644)
+        result = subprocess.run(
+            support.command() + ["--config-dir", self.dir, "configtest"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            universal_newlines=True, timeout=60, env=support.environment())
+        self.assertEqual((result.returncode, result.stderr), (
+            2, "Config error: %s: is a FIFO (named pipe); a config file must be a regular "
+            "file\n" % self.path("relays.conf")))
 
 
 class FindConfigDirTest(unittest.TestCase):

@@ -207,6 +207,51 @@ class DropinConfigtestTest(unittest.TestCase):
                                  "chown it to that user and chmod 600 it"
                                  % (path, nobody, os.geteuid()))
 
+    # -- links, modes and owners of the files checked with --relays/--auth -----------------
+
+    def test_file_checked_with_relays_or_auth_may_not_be_a_link_or_writable_by_others(self):
+        self.write("relays.conf", "[default]\ntrue = /bin/true\n")
+        self.write_basic_auth()
+        for option, name, text, mode in (
+                ("--relays", "web.conf", "[web]\ntrue = /bin/true\n", 0o644),
+                ("--auth", "team.conf", _auth(OTHER_KEY), 0o600)):
+            new = self.write(name, text, base=self.outside, mode=mode)
+            link = os.path.join(self.outside, "link-" + name)
+            os.symlink(new, link)
+            for dropin in ((), ("--dropin",)):
+                with self.subTest(option=option, dropin=dropin):
+                    self.assert_ok(option, new, *dropin)
+                    self.assert_config_error(
+                        "%s: is a symbolic link; a config file must be a real file (replace "
+                        "the link with the file it points to)" % link, option, link, *dropin)
+            os.chmod(new, 0o664)
+            self.assert_config_error(
+                "%s: writable by group or others (mode 0664); run chmod go-w %s" % (new, new)
+                if option == "--relays" else
+                "%s: mode 0664 lets group or others access the keys; run chmod 600 %s"
+                % (new, new), option, new)
+
+    @unittest.skipUnless(hasattr(os, "geteuid") and os.geteuid() == 0,
+                         "needs root to give files to another user")
+    def test_ansible_validate_as_root_on_files_owned_by_the_service_user(self):
+        # What the sample role does: the config dir, relays.d and auth.conf belong to the
+        # service user; root validates a temporary copy owned by it with --user.
+        try:
+            service = pwd.getpwnam("nobody").pw_uid
+        except KeyError:
+            self.skipTest("no user 'nobody'")
+        self.write("relays.d/base.conf", "[default]\ntrue = /bin/true\n")
+        self.write_basic_auth()
+        for name in ("", "relays.d", "auth.conf"):
+            os.chown(self.path(name) if name else self.dir, service, -1)
+        new = self.write("tmpXYZ", "[web]\ntrue = /bin/true\n", base=self.outside)
+        os.chown(new, service, -1)
+        self.assert_ok("--user", str(service), "--relays", new, "--dropin", "web.conf")
+        # Without --user, root refuses a config dir another user could change.
+        self.assert_config_error(
+            "%s: owned by uid %d, but uscmdrelay runs as uid 0; chown it to root"
+            % (self.dir, service), "--relays", new, "--dropin", "web.conf")
+
     # -- configtest --relays FILE ---------------------------------------------------------
 
     def test_relays_file_is_checked_as_relays_conf_with_the_dropins(self):
@@ -404,6 +449,37 @@ class DropinServerTest(unittest.TestCase):
         self.reload(server, "configuration reloaded")
         self.assertEqual(request(server.port, command="late::hello")["stdout"],
                          "hello, late\n")
+
+    def test_sighup_after_a_file_is_swapped_for_a_link_refuses_and_keeps_the_old_config(self):
+        relays_path = self.write("relays.conf", "[default]\nwhich = echo original\n", 0o644)
+        self.write("auth.conf", _auth(KEY))
+        server = start_server(self, self.dir, program=self.program)
+        self.assertEqual(request(server.port, command="which")["stdout"], "original\n")
+        # Swapped for a link to a file another user controls (here: any other file).
+        elsewhere = tempfile.mkdtemp(prefix="uscmdrelay-dropins-")
+        self.addCleanup(shutil.rmtree, elsewhere, True)
+        target = os.path.join(elsewhere, "relays.conf")
+        with open(target, "w") as handle:
+            handle.write("[default]\nwhich = echo swapped\n")
+        os.symlink(target, relays_path + ".tmp")
+        os.rename(relays_path + ".tmp", relays_path)
+        self.reload(server, "reload refused")
+        self.assertIn("Config error: %s: is a symbolic link; a config file must be a real "
+                      "file (replace the link with the file it points to)" % relays_path,
+                      server.log_text())
+        self.assertEqual(request(server.port, command="which")["stdout"], "original\n")
+        # A real file again, but in a drop-in directory anyone may write to.
+        self.write("relays.conf", "[default]\nwhich = echo renewed\n", 0o644)
+        self.write("relays.d/web.conf", "[web]\nt = true\n", 0o644)
+        os.chmod(os.path.join(self.dir, "relays.d"), 0o777)
+        self.reload(server, "reload refused")
+        self.assertIn("Config error: %s: writable by group or others (mode 0777); run chmod "
+                      "go-w %s" % ((os.path.join(self.dir, "relays.d"),) * 2),
+                      server.log_text())
+        self.assertEqual(request(server.port, command="which")["stdout"], "original\n")
+        os.chmod(os.path.join(self.dir, "relays.d"), 0o755)
+        self.reload(server, "configuration reloaded")
+        self.assertEqual(request(server.port, command="which")["stdout"], "renewed\n")
 
     def test_server_refuses_to_start_when_a_cluster_is_in_two_files(self):
         first = self.write("relays.conf", "[default]\ntrue = /bin/true\n")

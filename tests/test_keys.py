@@ -265,11 +265,18 @@ class AllowedHostsTests(_KeyTestCase):
     def test_invalid_entries_are_config_errors(self):
         for value, problem in (
                 ("300.1.1.1", "'300.1.1.1' is not an IP address or network"),
-                ("banana", "'banana' is not an IP address or network"),
-                ("127.0.0.1 banana", "'banana' is not an IP address or network"),
                 ("10.0.0.0/33", "'10.0.0.0/33' is not an IP address or network"),
                 ("::1/129", "'::1/129' is not an IP address or network"),
-                ("localhost", "'localhost' is not an IP address or network"),
+                ("fe80::1%", "'fe80::1%' is not an IP address or network"),
+                # Not address-like, so not quoted: it might be a key pasted there.
+                ("banana", "entry 1 is not an IP address or network (host names are not "
+                           "accepted; not quoted, as it may be a key)"),
+                ("127.0.0.1 banana", "entry 2 is not an IP address or network (host names "
+                                     "are not accepted; not quoted, as it may be a key)"),
+                ("localhost", "entry 1 is not an IP address or network (host names are not "
+                              "accepted; not quoted, as it may be a key)"),
+                ("::1, " + KEY, "entry 2 is not an IP address or network (host names are "
+                                "not accepted; not quoted, as it may be a key)"),
                 ("", "empty; list addresses or networks (or remove the line to allow any "
                      "address)"),
                 (" , ", "empty; list addresses or networks (or remove the line to allow "

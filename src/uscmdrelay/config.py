@@ -11,9 +11,9 @@ import os
 import shlex
 import shutil
 
-from .ini import ConfigError, read_ini, read_ini_file, reason
-from .keys import (ALL_CLUSTERS, HASHED_KEY_PREFIX, KeyGrant, check_auth_file_mode,
-                   key_digest, key_fingerprint, parse_auth, warn_about_references)
+from .ini import ConfigError, list_config_dir, read_ini, read_ini_file
+from .keys import (ALL_CLUSTERS, HASHED_KEY_PREFIX, KeyGrant, key_digest, key_fingerprint,
+                   parse_auth, warn_about_references)
 from .policy import SETTINGS, Policy
 
 # The configuration's API, auth.conf's and the INI rules' parts included, so callers
@@ -109,8 +109,9 @@ def load_config(directory, shell_exec=False, relays_file=None, auth_file=None,
     """
     warnings = []
     relays_paths = config_files(directory, RELAYS_FILE, RELAYS_DROPIN_DIR, relays_file,
-                                dropin)
-    auth_paths = config_files(directory, AUTH_FILE, AUTH_DROPIN_DIR, auth_file, dropin)
+                                dropin, owner)
+    auth_paths = config_files(directory, AUTH_FILE, AUTH_DROPIN_DIR, auth_file, dropin,
+                              owner)
     if relays_file is not None or auth_file is not None:
         # Checking one new file before it is installed: the other part may not be
         # deployed yet (Ansible may write auth before relays or the other way round).
@@ -119,13 +120,16 @@ def load_config(directory, shell_exec=False, relays_file=None, auth_file=None,
         if auth_file is None:
             auth_paths = _existing(auth_paths, warnings)
     clusters = _merge(relays_paths, lambda path: parse_relays(
-        read_ini_file(path), path, allow_empty=True), lambda cluster: "[%s]" % cluster)
+        _read(path, directory, relays_file, owner), path, allow_empty=True),
+        lambda cluster: "[%s]" % cluster)
     if not clusters and (relays_paths or relays_file is None and auth_file is None):
         raise ConfigError(relays_paths[0] if relays_paths else
                           os.path.join(directory, RELAYS_FILE),
                           "no clusters defined; add a section such as [default] "
                           "with a line 'name = command'")
-    keys = _merge(auth_paths, lambda path: _parse_auth_file(path, warnings, owner),
+    keys = _merge(auth_paths, lambda path: parse_auth(
+        _read(path, directory, auth_file, owner, secret=True), path, warnings,
+        allow_empty=True),
                   lambda digest: "[key sha256:%s]" % digest.hex()[:12])
     if not keys:
         warnings.append("%s: no keys defined; every request will be refused"
@@ -138,21 +142,21 @@ def load_config(directory, shell_exec=False, relays_file=None, auth_file=None,
     return Config(directory, keys, clusters, warnings, relays_paths + auth_paths)
 
 
-def config_files(directory, main_name, dropin_name, replacement=None, dropin=False):
+def config_files(directory, main_name, dropin_name, replacement=None, dropin=False,
+                 owner=None):
     """The files making up one part of the configuration, in the order they are read.
 
     The main file may be missing when the drop-in directory exists (and vice versa);
     with neither, the main file's path is returned so that reading it reports it missing.
+    Listing the drop-in directory checks it and the config dir (see `ini.read_ini_file`);
+    raises ConfigError.
     """
     main = os.path.join(directory, main_name)
     dropin_dir = os.path.join(directory, dropin_name)
-    try:
-        names = sorted(name for name in os.listdir(dropin_dir)
-                       if name.endswith(DROPIN_SUFFIX) and not name.startswith("."))
-    except FileNotFoundError:
-        names = None
-    except OSError as error:
-        raise ConfigError(dropin_dir, "cannot list: %s" % reason(error))
+    names = list_config_dir(directory, dropin_name, owner)
+    if names is not None:
+        names = [name for name in names
+                 if name.endswith(DROPIN_SUFFIX) and not name.startswith(".")]
     dropins = [os.path.join(dropin_dir, name) for name in names or ()]
     if replacement is not None and dropin:
         # Checked as if installed in the drop-in directory, under the name `dropin` (or
@@ -163,8 +167,9 @@ def config_files(directory, main_name, dropin_name, replacement=None, dropin=Fal
         dropins[dropins.index(installed)] = replacement
     elif replacement is not None:
         main = replacement
-    # A missing main file is reported, unless drop-ins stand in for it.
-    main_needed = (os.path.exists(main) or (replacement is not None and not dropin)
+    # A missing main file is reported, unless drop-ins stand in for it. (lexists: a link
+    # there is read, and refused, not taken for a missing file.)
+    main_needed = (os.path.lexists(main) or (replacement is not None and not dropin)
                    or (names is None and not (replacement is not None and dropin)))
     return ([main] if main_needed else []) + dropins
 
@@ -172,9 +177,9 @@ def config_files(directory, main_name, dropin_name, replacement=None, dropin=Fal
 def _existing(paths, warnings):
     """`paths` less the ones that do not exist, each with a warning."""
     for path in paths:
-        if not os.path.exists(path):
+        if not os.path.lexists(path):
             warnings.append("%s: not there (yet); checked without it" % path)
-    return [path for path in paths if os.path.exists(path)]
+    return [path for path in paths if os.path.lexists(path)]
 
 
 def _merge(paths, parse_file, describe):
@@ -191,9 +196,10 @@ def _merge(paths, parse_file, describe):
     return merged
 
 
-def _parse_auth_file(path, warnings, owner):
-    check_auth_file_mode(path, owner)
-    return parse_auth(read_ini_file(path, secret=True), path, warnings, allow_empty=True)
+def _read(path, directory, replacement, owner, secret=False):
+    """Reads one file safely; `replacement` (a file named on the command line) is checked
+    on its own, every other file with the directories from `directory` down to it."""
+    return read_ini_file(path, secret, owner, None if path == replacement else directory)
 
 
 # ---------------------------------------------------------------------------------------

@@ -4,11 +4,9 @@ Keys are only ever held as their sha256 digests, and every message names a key's
 by a fingerprint, never by the key.
 """
 
-import os
 import re
-import stat
 
-from .ini import ConfigError, reason
+from .ini import ConfigError
 
 try:
     # hashlib loads OpenSSL's libcrypto, which costs the server ~3.5 MB of memory and
@@ -26,6 +24,9 @@ ALL_CLUSTERS = "*"
 AUTH_OPTIONS = ("auth_clusters", "description", "allowed_hosts")
 HASHED_KEY_PREFIX = "sha256:"
 _HASHED_KEY = re.compile(r"sha256:([0-9a-f]{64})\Z")
+# What an address or network typo looks like (10.0.0.300, fe80::1%eth0, 10.0.0.0/33): hex
+# digits with at least one '.' or ':'. A key pasted into allowed_hosts is not.
+_ADDRESS_LIKE = re.compile(r"(?=[^.:]*[.:])[0-9A-Fa-f.:/%]{1,64}\Z")
 WEAK_KEY_CHARS = 16
 
 
@@ -71,26 +72,6 @@ def key_fingerprint(key):
     return "sha256:" + sha256(key.encode("utf-8")).hexdigest()[:12]
 
 
-def check_auth_file_mode(path, owner=None):
-    """Refuses an auth file that another user could read or write, like sshd's
-    StrictModes. It must belong to `owner` (a uid; default: the user we run as)."""
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        raise ConfigError(path, "file not found")
-    except OSError as error:
-        raise ConfigError(path, "cannot read: %s" % reason(error))
-    mode = stat.S_IMODE(info.st_mode)
-    expected = os.geteuid() if owner is None else owner
-    if info.st_uid != expected:
-        raise ConfigError(path, "owned by uid %d, but uscmdrelay runs as uid %d; "
-                          "chown it to that user and chmod 600 it"
-                          % (info.st_uid, expected))
-    if mode & 0o077:
-        raise ConfigError(path, "mode %04o lets group or others access the keys; "
-                          "run chmod 600 %s" % (mode, path))
-
-
 def parse_auth(parser, path, warnings, allow_empty=False):
     """Returns {sha256 digest: KeyGrant} from a parsed auth.conf; raises ConfigError.
 
@@ -105,8 +86,12 @@ def parse_auth(parser, path, warnings, allow_empty=False):
                               name)
         for option in parser.options(key):
             if option not in AUTH_OPTIONS:
-                raise ConfigError(path, "unknown option (expected one of: %s)"
-                                  % ", ".join(AUTH_OPTIONS), name, option)
+                # Not named: it may be a key typed without brackets ("abc==" is the
+                # option "abc"). Its line says which it is.
+                line = getattr(parser, "lines", {}).get((key, option))
+                raise ConfigError(path, "%sunknown option (expected one of: %s; a key goes "
+                                  "in brackets)" % ("" if line is None else "line %d: " % line,
+                                                    ", ".join(AUTH_OPTIONS)), name)
         if not parser.has_option(key, "auth_clusters"):
             raise ConfigError(path, "missing; list the clusters this key may use, or '*' "
                               "for all", name, "auth_clusters")
@@ -149,12 +134,17 @@ def parse_networks(value, path, section):
         raise ConfigError(path, "empty; list addresses or networks (or remove the line to "
                           "allow any address)", section, "allowed_hosts")
     networks = []
-    for entry in entries:
+    for number, entry in enumerate(entries, start=1):
         try:
             networks.append(ipaddress.ip_network(entry, strict=False))
         except ValueError:
-            raise ConfigError(path, "%r is not an IP address or network" % entry,
-                              section, "allowed_hosts")
+            # Quoted only if it looks like an address: a key pasted here is not shown.
+            if _ADDRESS_LIKE.match(entry):
+                problem = "%r is not an IP address or network" % entry
+            else:
+                problem = ("entry %d is not an IP address or network (host names are not "
+                           "accepted; not quoted, as it may be a key)" % number)
+            raise ConfigError(path, problem, section, "allowed_hosts")
     return tuple(networks)
 
 
