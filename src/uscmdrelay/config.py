@@ -11,6 +11,7 @@ import os
 import shlex
 import shutil
 
+from .fingerprint import digest_fingerprint
 from .ini import ConfigError, list_config_dir, read_ini, read_ini_file
 from .keys import (ALL_CLUSTERS, HASHED_KEY_PREFIX, KeyGrant, key_digest, key_fingerprint,
                    parse_auth, warn_about_references)
@@ -130,7 +131,7 @@ def load_config(directory, shell_exec=False, relays_file=None, auth_file=None,
     keys = _merge(auth_paths, lambda path: parse_auth(
         _read(path, directory, auth_file, owner, secret=True), path, warnings,
         allow_empty=True),
-                  lambda digest: "[key sha256:%s]" % digest.hex()[:12])
+                  lambda digest: "[key %s]" % digest_fingerprint(digest))
     if not keys:
         warnings.append("%s: no keys defined; every request will be refused"
                         % (auth_paths[0] if auth_paths else os.path.join(directory,

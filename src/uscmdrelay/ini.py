@@ -17,6 +17,8 @@ import os
 import re
 import stat
 
+from .fingerprint import hide_key
+
 # ConfigParser treats its default section specially (its options leak into every other
 # section). A name nobody can type keeps [DEFAULT] an ordinary section we can refuse.
 _NO_DEFAULT_SECTION = "\x00no default section"
@@ -309,10 +311,7 @@ def _parse_error(error, lineno, text, path, secret):
 
 
 def _section_name(section, secret):
-    if not secret:
-        return section
-    from .keys import hide_key  # keys imports this module: import when needed
-    return hide_key(section)
+    return hide_key(section) if secret else section
 
 
 def _quote_line(line, secret):

@@ -6,24 +6,17 @@ by a fingerprint, never by the key.
 
 import re
 
+from .fingerprint import (HASHED_KEY, HASHED_KEY_PREFIX, hide_key, key_digest,
+                          key_fingerprint)
 from .ini import ConfigError
 
-try:
-    # hashlib loads OpenSSL's libcrypto, which costs the server ~3.5 MB of memory and
-    # ~4 ms of start-up for the one hash it needs. Like the stdlib's random.py, take the
-    # built-in module first: _sha2 from 3.12 on, _sha256 before; hashlib if a build has
-    # neither.
-    from _sha2 import sha256
-except ImportError:
-    try:
-        from _sha256 import sha256
-    except ImportError:
-        from hashlib import sha256
+# Spelled in `fingerprint`, used from here by the rest of the package.
+__all__ = ["ALL_CLUSTERS", "AUTH_OPTIONS", "HASHED_KEY_PREFIX", "KeyGrant", "hide_key",
+           "key_digest", "key_fingerprint", "parse_auth", "parse_cluster_list",
+           "parse_networks", "warn_about_references"]
 
 ALL_CLUSTERS = "*"
 AUTH_OPTIONS = ("auth_clusters", "description", "allowed_hosts")
-HASHED_KEY_PREFIX = "sha256:"
-_HASHED_KEY = re.compile(r"sha256:([0-9a-f]{64})\Z")
 # What an address or network typo looks like (10.0.0.300, fe80::1%eth0, 10.0.0.0/33): hex
 # digits with at least one '.' or ':'. A key pasted into allowed_hosts is not.
 _ADDRESS_LIKE = re.compile(r"(?=[^.:]*[.:])[0-9A-Fa-f.:/%]{1,64}\Z")
@@ -60,16 +53,6 @@ class KeyGrant(object):
             ip = ip.ipv4_mapped
         return any(ip.version == network.version and ip in network
                    for network in self.networks)
-
-
-def key_digest(key):
-    """Returns the sha256 digest (bytes) under which a key is stored and looked up."""
-    return sha256(key.encode("utf-8")).digest()
-
-
-def key_fingerprint(key):
-    """A short name for a key with no description, safe to log: it does not reveal the key."""
-    return "sha256:" + sha256(key.encode("utf-8")).hexdigest()[:12]
 
 
 def parse_auth(parser, path, warnings, allow_empty=False):
@@ -113,7 +96,7 @@ def parse_auth(parser, path, warnings, allow_empty=False):
 def _section_digest(key, path, warnings):
     """The digest a section stands for: its own for a hashed key, else the key's."""
     if key.startswith(HASHED_KEY_PREFIX):
-        match = _HASHED_KEY.match(key)
+        match = HASHED_KEY.match(key)
         if match is None:
             raise ConfigError(path, "a hashed key is 'sha256:' and 64 lowercase hex digits "
                               "(uscmdrelay hash-key prints one)", hide_key(key))
@@ -160,15 +143,6 @@ def parse_cluster_list(value, path, section):
                               "names", section, "auth_clusters")
         return ALL_CLUSTERS
     return frozenset(names)
-
-
-def hide_key(key):
-    """How messages name a key's section: never the key, only a fingerprint of it (a
-    hashed key's section is its own fingerprint already)."""
-    match = _HASHED_KEY.match(key)
-    if match is not None:
-        return "key %s%s" % (HASHED_KEY_PREFIX, match.group(1)[:12])
-    return "key %s" % key_fingerprint(key)
 
 
 def warn_about_references(keys, clusters, path, relays_name, warnings):
