@@ -6,6 +6,7 @@ Config errors are what users read, so these tests assert their exact text.
 import io
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import unittest
@@ -796,6 +797,13 @@ class FileSafetyTest(unittest.TestCase):
         self.write("relays.d", "[web]\nt = true\n")
         self.assert_refused("%s: is a regular file; a drop-in directory must be a directory"
                             % self.path("relays.d"))
+        os.unlink(self.path("relays.d"))
+        # A socket cannot be opened at all (ENXIO): what is there is still named.
+        os.unlink(self.path("relays.conf"))
+        with socket.socket(socket.AF_UNIX) as listener:
+            listener.bind(self.path("relays.conf"))
+            self.assert_refused("%s: is a socket; a config file must be a regular file"
+                                % self.path("relays.conf"))
 
     def test_fifo_in_place_of_relays_conf_is_refused_without_hanging(self):
         # Opened without O_NONBLOCK, a FIFO with no writer blocks open() for good: run in

@@ -149,7 +149,7 @@ def _open_checked(name, path, kind, owner, dir_fd=None):
             info = None
         if info is not None:
             _check_type(info, path, kind)
-        raise ConfigError(path, "cannot open: %s" % reason(error))
+        raise ConfigError(path, "cannot read: %s" % reason(error))
     try:
         info = os.fstat(fd)
         _check_type(info, path, kind)
