@@ -60,19 +60,58 @@ class FlagsTest(unittest.TestCase):
             (["--port", "-1"], "--port"),
             (["--port", "http"], "--port"),
             (["--max-output", "-5"], "--max-output"),
+            (["--max-output", "1073741825"], "--max-output"),
             (["--max-request", "0"], "--max-request"),
+            (["--max-request", "16777217"], "--max-request"),
             (["--timeout", "-1"], "--timeout"),
             (["--timeout", "nan"], "--timeout"),
+            (["--timeout", "inf"], "--timeout"),
+            (["--timeout", "604801"], "--timeout"),
             (["--request-timeout", "0"], "--request-timeout"),
+            (["--request-timeout", "2592000"], "--request-timeout"),
+            (["--shutdown-timeout", "1e12"], "--shutdown-timeout"),
+            (["--shutdown-timeout", "-1"], "--shutdown-timeout"),
             (["--max-connections", "0"], "--max-connections"),
+            (["--max-connections", "65537"], "--max-connections"),
             (["--log-level", "LOUD"], "--log-level"),
         ]
         for args, flag in cases:
             with self.subTest(args=args):
                 result = run_cli(args + ["configtest"])
-                self.assertEqual(result.returncode, 2)
-                self.assertIn("argument %s" % flag, result.stderr)
+                self.assertEqual((result.returncode, result.stdout), (2, ""))
+                # One line, no usage block (issue 12: user errors are one line).
+                self.assertEqual(result.stderr.count("\n"), 1, result.stderr)
+                self.assertTrue(result.stderr.startswith(
+                    "uscmdrelay: error: argument %s: " % flag), result.stderr)
                 self.assertNotIn("Traceback", result.stderr)
+
+    def test_durations_and_sizes_name_their_range(self):
+        for flag, value, problem in (
+                ("--timeout", "inf", "is out of range (0 to 604800)"),
+                ("--request-timeout", "2592000", "is out of range (0.001 to 604800)"),
+                ("--shutdown-timeout", "nan", "is out of range (0 to 604800)"),
+                ("--max-output", "1073741825", "is out of range (0 to 1073741824)"),
+                ("--max-request", "16777217", "is out of range (1 to 16777216)"),
+                ("--max-connections", "65537", "is out of range (1 to 65536)"),
+                ("--port", "70000", "is out of range (0 to 65535)")):
+            with self.subTest(flag=flag, value=value):
+                result = run_cli([flag, value, "configtest"], "src")
+                self.assertEqual(result.stderr, "uscmdrelay: error: argument %s: %r %s\n"
+                                 % (flag, value, problem))
+
+    def test_the_largest_values_allowed_are_accepted(self):
+        directory = support.make_config_dir(self)
+        result = run_cli(["--config-dir", directory, "--timeout", "604800",
+                          "--request-timeout", "604800", "--shutdown-timeout", "604800",
+                          "--max-output", "1073741824", "--max-request", "16777216",
+                          "--max-connections", "65536", "configtest"])
+        self.assertEqual(result.returncode, 0, result.stderr)
+
+    def test_help_states_the_largest_duration(self):
+        result = run_cli(["--help"])
+        self.assertEqual(result.returncode, 0)
+        self.assertIn("604800", result.stdout)
+        self.assertIn("7 days", result.stdout)
 
 
 class ConfigtestTest(unittest.TestCase):

@@ -384,5 +384,31 @@ class CallServerLimitTests(unittest.TestCase):
         self.assertTrue(result.stderr.endswith("(code 2004)\n"), result)
 
 
+class CallUsageErrorTest(unittest.TestCase):
+    """Issue 12 (13): `--port 70000` and `--timeout nan` printed tracebacks."""
+
+    CASES = [
+        ("--port", "70000", "is out of range (1 to 65535)"),
+        ("--port", "0", "is out of range (1 to 65535)"),
+        ("--port", "-1", "is out of range (1 to 65535)"),
+        ("--port", "http", "is not a port number"),
+        ("--timeout", "nan", "is out of range (0.001 to 604800)"),
+        ("--timeout", "inf", "is out of range (0.001 to 604800)"),
+        ("--timeout", "0", "is out of range (0.001 to 604800)"),
+        ("--timeout", "-1", "is out of range (0.001 to 604800)"),
+        ("--timeout", "604801", "is out of range (0.001 to 604800)"),
+        ("--timeout", "soon", "is not a number"),
+    ]
+
+    def test_a_bad_port_or_timeout_is_one_line_and_exit_2(self):
+        for flag, value, problem in self.CASES:
+            for program in ("pyz", "src"):
+                with self.subTest(flag=flag, value=value, program=program):
+                    result = run_call(self, [flag, value, "echo", "hi"], program=program)
+                    self.assertEqual((result.returncode, result.stdout), (2, ""), result)
+                    self.assertEqual(result.stderr, "uscmdrelay call: error: argument %s: "
+                                     "%r %s\n" % (flag, value, problem))
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -277,5 +277,68 @@ class Waking(LoopTestCase):
         self.assertRoundEnds(looper, "run_once(None) was not woken by wake()")
 
 
+class _RecordingPoller(object):
+    """The loop's real poller, noting the wait it is given (private, but the wait is
+    what issue 12 is about, and no public API shows it)."""
+
+    def __init__(self, poller):
+        self.poller = poller
+        self.waits = []
+
+    def poll(self, timeout):
+        self.waits.append(timeout)
+        return self.poller.poll(timeout)
+
+    def __getattr__(self, name):
+        return getattr(self.poller, name)
+
+
+class LongWaits(LoopTestCase):
+    """Issue 12: epoll.poll() and poll.poll() raise OverflowError past ~24.8 days (or for
+    inf) and ValueError for NaN, which once ended the server. No wait can now."""
+
+    HUGE = (1e12, float("inf"), float("nan"), 2592000.0, 3000000.0)
+
+    def test_a_huge_infinite_or_nan_timeout_does_not_raise(self):
+        read_end = self.readable_pipe()
+        ran = []
+        self.loop.watch(read_end, EVENT_READ, ran.append)
+        for timeout in self.HUGE:
+            with self.subTest(timeout=timeout):
+                del ran[:]
+                self.loop.run_once(timeout)  # the pipe is readable: no real wait
+                self.assertEqual(ran, [read_end])
+
+    def test_a_timer_due_in_a_very_long_time_does_not_raise(self):
+        read_end = self.readable_pipe()
+        ran = []
+        self.loop.watch(read_end, EVENT_READ, ran.append)
+        fired = []
+        for delay in self.HUGE[:2] + self.HUGE[3:]:
+            self.loop.call_at(time.monotonic() + delay, lambda: fired.append("far"))
+        for timeout in (None,) + self.HUGE:
+            with self.subTest(timeout=timeout):
+                del ran[:]
+                self.loop.run_once(timeout)
+                self.assertEqual(ran, [read_end])
+        self.assertEqual(fired, [])
+
+    def test_the_wait_given_to_poll_is_at_most_an_hour_and_never_negative(self):
+        recorder = _RecordingPoller(self.loop._poller)
+        self.loop._poller = recorder
+        read_end = self.readable_pipe()
+        self.loop.watch(read_end, EVENT_READ, lambda fd: None)
+        self.loop.run_once(-5)
+        for timeout in self.HUGE:
+            self.loop.run_once(timeout)
+        self.loop.call_at(time.monotonic() + 1e12, lambda: None)
+        self.loop.run_once(None)
+        scale = eventloop._TIMEOUT_SCALE
+        self.assertEqual(eventloop.MAX_WAIT_SECONDS, 3600.0)
+        self.assertEqual(recorder.waits[0], 0.0)
+        for wait in recorder.waits[1:]:
+            self.assertEqual(wait, 3600.0 * scale)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -734,6 +734,25 @@ class BadSettingTest(unittest.TestCase):
                                                % (os.path.join(directory, "relays.conf"),
                                                   option)), err)
 
+    def test_a_timeout_beyond_7_days_is_refused_with_the_range(self):
+        # Issue 12: a 3000000 s timeout once reached epoll.poll(), whose OverflowError
+        # ended the server and every command it ran.
+        for value in ("3000000", "604800.5", "1e12", "inf", "Infinity"):
+            with self.subTest(value=value):
+                directory = self._directory("x.timeout = %s" % value)
+                out, err = io.StringIO(), io.StringIO()
+                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                    status = cli.main(["--config-dir", directory, "configtest"])
+                self.assertEqual(status, 2)
+                self.assertEqual(err.getvalue(), "Config error: %s: [default] x.timeout: "
+                                 "%r is out of range (0 to 604800 seconds; 0 for no "
+                                 "limit)\n" % (os.path.join(directory, "relays.conf"),
+                                                value))
+
+    def test_a_timeout_of_exactly_7_days_is_allowed(self):
+        self.assertEqual(policy(timeout="604800").timeout, 604800.0)
+        self.assertEqual(policy(timeout="0").timeout, 0.0)
+
     def test_settings_may_come_before_their_command(self):
         directory = relay_config(self, relays="[default]\nx.max_args = 0\n"
                                               "x.description = first\nx = /bin/true\n")

@@ -819,5 +819,65 @@ def read_text(path):
         return ""
 
 
+class DurationBoundsTests(_ServerTestCase):
+    """Issue 12, item 2: no duration a user can give reaches epoll.poll() as a wait it
+    cannot take (OverflowError there once ended the server and every command)."""
+
+    # The longest duration any flag or setting accepts (README: 604800 s, 7 days).
+    MAX_SECONDS = "604800"
+
+    def test_a_duration_beyond_7_days_is_a_usage_error_and_no_server_starts(self):
+        # Each of these once reached epoll.poll() and raised OverflowError, which ended
+        # the server and every command it ran.
+        config_dir = relay_config(self, relays=QUIET_RELAYS)
+        for flag, value in (("--timeout", "inf"), ("--timeout", "604801"),
+                            ("--request-timeout", "2592000"),
+                            ("--request-timeout", "inf"),
+                            ("--shutdown-timeout", "1e12"),
+                            ("--shutdown-timeout", "nan")):
+            with self.subTest(flag=flag, value=value):
+                status, out, err = run_to_exit(
+                    self, ["--config-dir", config_dir, "--host", "127.0.0.1", "--port",
+                           "0", flag, value], self.PROGRAM, timeout=10.0)
+                self.assertEqual(status, 2, err)
+                self.assertEqual(out, "")
+                self.assertEqual(err.count("\n"), 1, err)
+                self.assertTrue(err.startswith("uscmdrelay: error: argument %s: %r is "
+                                               % (flag, value)), err)
+                self.assertIn("604800", err)
+
+    def test_a_command_timeout_beyond_7_days_is_a_config_error(self):
+        config_dir = relay_config(self, relays="[default]\nsleeper = sleep 5\n"
+                                               "sleeper.timeout = 3000000\n")
+        status, out, err = run_to_exit(
+            self, ["--config-dir", config_dir, "--host", "127.0.0.1", "--port", "0"],
+            self.PROGRAM, timeout=10.0)
+        self.assertEqual(status, 2, err)
+        self.assertEqual(err, "Config error: %s: [default] sleeper.timeout: '3000000' is "
+                              "out of range (0 to 604800 seconds; 0 for no limit)\n"
+                         % os.path.join(config_dir, "relays.conf"))
+
+    def test_the_longest_durations_allowed_keep_the_server_serving(self):
+        config_dir = relay_config(self, relays="[default]\ntrue = /bin/true\n"
+                                               "sleeper = sleep 2\n"
+                                               "sleeper.timeout = %s\n" % self.MAX_SECONDS)
+        server = self.start("--timeout", self.MAX_SECONDS, "--request-timeout",
+                            self.MAX_SECONDS, "--shutdown-timeout", self.MAX_SECONDS,
+                            config_dir=config_dir)
+        idle = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        self.addCleanup(idle.close)
+        sleeping = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        self.addCleanup(sleeping.close)
+        sleeping.sendall(body(command="sleeper"))
+        time.sleep(0.5)  # the sleeper's deadline and the idle one are in the loop now
+        self.assertRan(self.call("true"), 0)
+        self.assertRan(support.decode_reply(support.read_until_closed(sleeping)), 0)
+        self.assertIsNone(server.process.poll())
+        idle.close()
+        self.assertEqual(server.stop(), 0)
+        self.assertNotIn("Traceback", server.log_text())
+
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -19,6 +19,20 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 EXIT_OK = 0
 EXIT_STARTUP = 1
 EXIT_CONFIG = 2
+# The largest sizes and counts the flags take (README, Command line): a bound, not a
+# recommendation. Durations are bounded by policy.MAX_SECONDS, which relays.conf's
+# `NAME.timeout` shares.
+MAX_OUTPUT_BYTES = 1024 * 1024 * 1024
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+MAX_CONNECTIONS = 65536
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line and no usage block (exit 2):
+    `uscmdrelay: error: argument --port: '70000' is out of range (0 to 65535)`."""
+
+    def error(self, message):
+        self.exit(EXIT_CONFIG, "%s: error: %s\n" % (self.prog, message))
 
 
 def _number(convert, minimum, maximum=None, what="a number"):
@@ -36,9 +50,11 @@ def _number(convert, minimum, maximum=None, what="a number"):
 
 
 def build_parser():
+    from .policy import MAX_SECONDS
+    seconds = _number(float, 0, MAX_SECONDS)
     # allow_abbrev=False: `call --tls` must reach the subcommand, not be taken for an
     # abbreviation of the server's --tls-cert.
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="uscmdrelay", allow_abbrev=False,
         description="Run pre-configured commands for trusted clients over TCP.")
     parser.add_argument("--host", default="0.0.0.0",
@@ -57,32 +73,34 @@ def build_parser():
                         help="directory holding auth.conf and relays.conf (default: the "
                              "first of /etc/uscmdrelay, /etc/opt/uscmdrelay, "
                              "~/.config/uscmdrelay that has one)")
-    parser.add_argument("--timeout", metavar="S", type=_number(float, 0), default=60.0,
-                        help="seconds a command may run, 0 for no limit (default: 60)")
-    parser.add_argument("--max-output", metavar="BYTES", type=_number(int, 0, what="an "
-                        "integer"), default=1048576,
-                        help="bytes of stdout and of stderr kept per command "
-                             "(default: 1048576)")
-    parser.add_argument("--max-request", metavar="BYTES", type=_number(int, 1, what="an "
-                        "integer"), default=65536,
-                        help="largest request accepted, in bytes (default: 65536)")
-    parser.add_argument("--request-timeout", metavar="S", type=_number(float, 0.001),
-                        default=10.0,
-                        help="seconds a client has to send its whole request "
-                             "(default: 10)")
-    parser.add_argument("--max-connections", metavar="N", type=_number(int, 1, what="an "
-                        "integer"), default=256,
-                        help="client connections open at once; more get code 3004 "
-                             "(default: 256)")
+    parser.add_argument("--timeout", metavar="S", type=seconds, default=60.0,
+                        help="seconds a command may run, 0 for no limit, at most %d "
+                             "(7 days) (default: 60)" % MAX_SECONDS)
+    parser.add_argument("--max-output", metavar="BYTES", type=_number(
+                        int, 0, MAX_OUTPUT_BYTES, "an integer"), default=1048576,
+                        help="bytes of stdout and of stderr kept per command, at most "
+                             "%d (1 GiB) (default: 1048576)" % MAX_OUTPUT_BYTES)
+    parser.add_argument("--max-request", metavar="BYTES", type=_number(
+                        int, 1, MAX_REQUEST_BYTES, "an integer"), default=65536,
+                        help="largest request accepted, in bytes, at most %d (16 MiB) "
+                             "(default: 65536)" % MAX_REQUEST_BYTES)
+    parser.add_argument("--request-timeout", metavar="S",
+                        type=_number(float, 0.001, MAX_SECONDS), default=10.0,
+                        help="seconds a client has to send its whole request, at most "
+                             "%d (default: 10)" % MAX_SECONDS)
+    parser.add_argument("--max-connections", metavar="N", type=_number(
+                        int, 1, MAX_CONNECTIONS, "an integer"), default=256,
+                        help="client connections open at once, at most %d; more get "
+                             "code 3004 (default: 256)" % MAX_CONNECTIONS)
     parser.add_argument("--tls-cert", metavar="FILE",
                         help="serve TLS only, with this certificate (PEM; may hold the key)")
     parser.add_argument("--tls-key", metavar="FILE", help="the certificate's private key")
     parser.add_argument("--tls-client-ca", metavar="FILE",
                         help="require a client certificate signed by this CA (mutual TLS)")
-    parser.add_argument("--shutdown-timeout", metavar="S", type=_number(float, 0),
-                        default=30.0,
+    parser.add_argument("--shutdown-timeout", metavar="S", type=seconds, default=30.0,
                         help="on SIGTERM, seconds requests in flight get to finish before "
-                             "their commands are killed (default: 30)")
+                             "their commands are killed, at most %d (default: 30)"
+                             % MAX_SECONDS)
     commands = parser.add_subparsers(dest="subcommand", title="commands",
                                      metavar="{configtest,init,call,hash-key}")
     configtest = commands.add_parser(
@@ -117,7 +135,7 @@ def build_parser():
         description="Run COMMAND on a uscmdrelay server and print its output. The key "
                     "comes from $USCMDRELAY_AUTH_KEY or --key-file. Exit status: the "
                     "command's (128+N if killed by signal N), or 255 for a relay error.")
-    _add_call_arguments(call)
+    _add_call_arguments(call, MAX_SECONDS)
     hash_key = commands.add_parser(
         "hash-key", help="print the auth.conf section header of a hashed key",
         description="Read a key from stdin (or generate one) and print the [sha256:...] "
@@ -127,13 +145,16 @@ def build_parser():
     return parser
 
 
-def _add_call_arguments(parser):
+def _add_call_arguments(parser, max_seconds):
     """`call`'s options; the client module itself is imported only when it runs."""
     parser.add_argument("--host", default="127.0.0.1",
                         help="server name or address (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=7777, help="server port (default: 7777)")
-    parser.add_argument("--timeout", type=float, default=60.0, metavar="S",
-                        help="seconds the whole call may take (default: 60)")
+    parser.add_argument("--port", type=_number(int, 1, 65535, "a port number"),
+                        default=7777, help="server port (default: 7777)")
+    parser.add_argument("--timeout", type=_number(float, 0.001, max_seconds),
+                        default=60.0, metavar="S",
+                        help="seconds the whole call may take, at most %d (default: 60)"
+                             % max_seconds)
     parser.add_argument("--key-file", metavar="FILE",
                         help="read the auth key from FILE (default: $USCMDRELAY_AUTH_KEY)")
     parser.add_argument("--json", action="store_true",

@@ -19,6 +19,11 @@ EVENT_READ = getattr(select, "EPOLLIN", select.POLLIN)
 EVENT_WRITE = getattr(select, "EPOLLOUT", select.POLLOUT)
 # poll() takes milliseconds, and epoll() seconds.
 _TIMEOUT_SCALE = 1.0 if _POLLER is getattr(select, "epoll", None) else 1000.0
+# The longest single wait. Both calls raise OverflowError past a C int of milliseconds
+# (about 24.8 days; `inf` too) and ValueError for NaN, outside any callback, which would
+# end the server (issue 12). Waking once an hour for nothing costs nothing; a longer
+# deadline is simply waited for in several rounds.
+MAX_WAIT_SECONDS = 3600.0
 
 # Cancelled timers stay in the heap until they come due. With a 60 s command timeout
 # and thousands of requests a second that would be a lot of dead entries, so the heap
@@ -103,18 +108,23 @@ class Loop(object):
         return timer
 
     def run_once(self, timeout=None, on_error=None):
-        """Waits up to `timeout` seconds (None: until something happens) and runs what
-        is ready. A callback that raises is reported to `on_error(fileobj)` (None for a
-        timer) inside the except block, so it can log the traceback; without
-        `on_error` the exception propagates."""
+        """Waits up to `timeout` seconds (None: until something happens; at most
+        MAX_WAIT_SECONDS, whatever `timeout` or a timer says) and runs what is ready.
+
+        A callback that raises is reported to `on_error(fileobj)` (None for a timer)
+        inside the except block, so it can log the traceback; without `on_error` the
+        exception propagates."""
+        if timeout is not None and not timeout <= MAX_WAIT_SECONDS:  # NaN and inf too
+            timeout = MAX_WAIT_SECONDS
         due = self._next_due()
         if due is not None:
-            until_due = max(0.0, due - time.monotonic())
+            until_due = min(max(0.0, due - time.monotonic()), MAX_WAIT_SECONDS)
             timeout = until_due if timeout is None else min(timeout, until_due)
         if timeout is None:
             timeout = -1
         else:
-            timeout *= _TIMEOUT_SCALE
+            # For poll and epoll a negative wait is forever.
+            timeout = max(timeout, 0.0) * _TIMEOUT_SCALE
         ready = self._poller.poll(timeout)
         if len(ready) == 1:
             entry = self._watched.get(ready[0][0])

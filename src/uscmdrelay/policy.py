@@ -14,13 +14,23 @@ from .protocol import ARGUMENTS_NOT_ALLOWED, RelayError
 QUOTED_ARGUMENT_CHARS = 60
 
 
+# The longest duration any setting or flag takes (a command's timeout, --timeout,
+# --request-timeout, --shutdown-timeout, call --timeout): 7 days, room for the longest
+# backup. Without a bound, a 30-day value made epoll.poll() raise OverflowError and end
+# the server (issue 12). The command line reads it from here too.
+MAX_SECONDS = 7 * 24 * 3600
+
+
 def _seconds(text):
     try:
         value = float(text)
     except ValueError:
         value = None
-    if value is None or value != value or value < 0 or value == float("inf"):
+    if value is None or value != value or value < 0:
         raise ValueError("%r is not a number of seconds (0 for no limit)" % text)
+    if value > MAX_SECONDS:
+        raise ValueError("%r is out of range (0 to %d seconds; 0 for no limit)"
+                         % (text, MAX_SECONDS))
     return value
 
 
