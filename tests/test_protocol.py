@@ -397,6 +397,89 @@ class RequestReaderRejectsTest(unittest.TestCase):
         self.assertEqual((error.code, index), (2005, 1))
 
 
+def _nested(depth, opening, middle, closing):
+    return (opening * depth + middle + closing * depth).encode("ascii")
+
+
+class NestingTest(unittest.TestCase):
+    """Issue 12: json raises RecursionError, not ValueError, somewhere near 1000 levels,
+    which once escaped as 9999 with a traceback. Deeper than MAX_DEPTH is a 2001."""
+
+    TOO_DEEP = "invalid JSON: nested deeper than 32 levels"
+
+    # (name, bytes): every one nests deeper than 32 levels outside strings.
+    CASES = [
+        ("arrays, 33 levels", _nested(33, "[", "", "]") + b"\n"),
+        ("arrays, 1000 levels", _nested(1000, "[", "", "]") + b"\n"),
+        ("arrays, 100000 levels", _nested(100000, "[", "", "]") + b"\n"),
+        ("objects, 33 levels", _nested(33, '{"a": ', "1", "}") + b"\n"),
+        ("objects, 10000 levels", _nested(10000, '{"a": ', "1", "}") + b"\n"),
+        ("objects and arrays mixed", _nested(5000, '[{"a": ', "1", "}]") + b"\n"),
+        ("in the arguments of a request", (_body()[:-1] + ', "arguments": ').encode()
+         + _nested(1000, "[", "", "]") + b"}\n"),
+        ("after a string holding brackets and escapes",
+         b'{"auth_key": "[[\\"[\\\\", "command": "echo", "arguments": '
+         + _nested(40, "[", "", "]") + b"}\n"),
+        ("opened only, no newline", _nested(1000, "[", "", "")),
+        ("opened only, then a newline", _nested(1000, "[", "", "") + b"\n"),
+        ("one level per line", _nested(1000, '[{"a":\n', "", "")),
+        ("after a BOM", b"\xef\xbb\xbf" + _nested(1000, "[", "", "]") + b"\n"),
+        ("closed too early, then deeper", b"[[]]" + _nested(1000, "[", "", "]") + b"\n"),
+    ]
+
+    def test_nesting_deeper_than_32_levels_gets_2001_whole_and_byte_by_byte(self):
+        for name, data in self.CASES:
+            for how, chunks in _chunkings(data):
+                with self.subTest(case=name, fed=how):
+                    error, index = read_error(chunks, max_bytes=len(data))
+                    self.assertEqual((error.code, error.message), (2001, self.TOO_DEEP))
+                    if how == "bytewise":
+                        # Refused at the bracket past the limit, before json sees it.
+                        self.assertIsNotNone(index)
+                        self.assertLess(index, len(data) - 1)
+
+    def test_parse_request_refuses_the_depth_itself(self):
+        # The one-line fast path of feed() and finish() call parse_request directly.
+        for name, data in self.CASES:
+            with self.subTest(case=name):
+                with self.assertRaises(RelayError) as caught:
+                    protocol.parse_request(data)
+                self.assertEqual((caught.exception.code, caught.exception.message),
+                                 (2001, self.TOO_DEEP))
+
+    def test_32_levels_are_parsed_as_usual(self):
+        arguments = _nested(31, "[", '"x"', "]").decode("ascii")
+        data = (_body()[:-1] + ', "arguments": %s}\n' % arguments).encode()
+        for how, chunks in _chunkings(data):
+            with self.subTest(fed=how):
+                error, _ = read_error(chunks)
+                self.assertEqual((error.code, error.message),
+                                 (2002, "arguments[0] must be a string"))
+
+    def test_brackets_inside_strings_do_not_count(self):
+        arguments = ["[" * 1000, "{" * 1000, '\\"[[[[', "\\", "[" * 40, '"', "]" * 40]
+        data = (_body(arguments=arguments) + "\n").encode()
+        for how, chunks in _chunkings(data):
+            with self.subTest(fed=how):
+                request, index = read(chunks, max_bytes=len(data))
+                self.assertEqual(request.arguments, arguments)
+                self.assertEqual(index, len(chunks) - 1)
+
+    def test_recursion_error_is_a_2001_even_past_the_depth_check(self):
+        # The last resort: were the check ever bypassed, json's RecursionError is still
+        # a 2001, never an exception escaping to the server.
+        data = _nested(100000, "[", "", "]")
+        original = protocol.MAX_DEPTH
+        protocol.MAX_DEPTH = 10 ** 9
+        try:
+            with self.assertRaises(RelayError) as caught:
+                protocol.parse_request(data)
+        finally:
+            protocol.MAX_DEPTH = original
+        self.assertEqual((caught.exception.code, caught.exception.message),
+                         (2001, self.TOO_DEEP))
+
+
 class ParseRequestTest(unittest.TestCase):
 
     def test_parse_request_returns_a_request(self):

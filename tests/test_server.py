@@ -879,5 +879,38 @@ class DurationBoundsTests(_ServerTestCase):
 
 
 
+class NestingTests(_ServerTestCase):
+    """Issue 12, item 3: no nesting a client sends reaches json's recursion (a 9999 with
+    a traceback in the log, before any authentication)."""
+
+    def nested(self, depth):
+        """Request-like payloads nested `depth` levels deep, in several forms."""
+        request = body(arguments=["x"]).decode("ascii")
+        return [
+            ("arrays", "[" * depth + "]" * depth + "\n"),
+            ("objects", '{"a": ' * depth + "1" + "}" * depth + "\n"),
+            ("arguments of a request", request.replace(
+                '["x"]', "[" * depth + "]" * depth)),
+            ("opened only, then half-closed", "[" * depth),
+            ("mixed, one line per level", '[{"a":\n' * depth),
+        ]
+
+    def test_any_nesting_depth_gets_2001_one_log_line_and_no_traceback(self):
+        server = self.start("--max-request", "2000000")
+        for depth in (100, 1000, 10000, 100000):
+            for form, payload in self.nested(depth):
+                with self.subTest(depth=depth, form=form):
+                    reply = self.raw(payload.encode("ascii"))
+                    self.assertNotRan(reply, 2001)
+                    self.assertEqual(reply["message"],
+                                     "invalid JSON: nested deeper than 32 levels")
+        self.assertRan(self.call("true"), 0)
+        log_text = server.log_text()
+        self.assertNotIn("Traceback", log_text)
+        self.assertNotIn("9999", log_text)
+        self.assertEqual([audit[3] for audit in AUDIT_LINE.findall(log_text)],
+                         ["2001"] * 20 + ["0"])
+
+
 if __name__ == "__main__":
     unittest.main()

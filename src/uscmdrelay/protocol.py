@@ -53,6 +53,11 @@ CLUSTER_SEPARATOR = "::"
 # The reserved command that lists what the calling key may run, instead of running it.
 LIST_COMMAND = "::list"
 FIELDS = ("auth_key", "command", "arguments")
+# How deep arrays and objects may nest. A request needs 2 (the object and its
+# arguments); the json module recurses once per level and raises RecursionError, not
+# ValueError, somewhere near 1000, so the depth is refused before json sees the text.
+MAX_DEPTH = 32
+_TOO_DEEP = "invalid JSON: nested deeper than %d levels" % MAX_DEPTH
 
 _UTF8_BOM = b"\xef\xbb\xbf"
 
@@ -204,6 +209,8 @@ class RequestReader(object):
                 self._in_string = True
             elif char in (0x7B, 0x5B):     # { [
                 self._depth += 1
+                if self._depth > MAX_DEPTH:
+                    raise RelayError(BAD_JSON, _TOO_DEEP)
             elif char in (0x7D, 0x5D):     # } ]
                 self._depth -= 1
                 if self._depth < 0:
@@ -253,7 +260,7 @@ def _raise_unless_incomplete(data):
     """Raises RelayError(2001) unless `data` is a prefix that more bytes could complete."""
     text = _decode(_strip_bom(data)).strip()
     try:
-        _DECODER.decode(text)
+        _json_value(text)
     except ValueError as error:
         # The json module reports where it gave up: at the very end means it simply ran
         # out of input (a prefix of something valid); anywhere before is a real error.
@@ -281,13 +288,41 @@ def _json_reason(error):
     return getattr(error, "msg", None) or str(error)
 
 
+# Outside strings, a bracket; a string (escapes included) is one token, so brackets in
+# it do not count. An unterminated string runs to the end.
+_DEPTH_TOKEN = re.compile(r'[\[\]{}]|"(?:[^"\\]+|\\.)*"?', re.S)
+
+
+def _json_value(text):
+    """json's value for `text`. Raises ValueError as json does, and RelayError(2001) for
+    arrays and objects nested deeper than MAX_DEPTH."""
+    # Fewer brackets than the limit cannot nest deeper than it: the usual request costs
+    # two str.count() calls.
+    if text.count("[") + text.count("{") > MAX_DEPTH:
+        depth = 0
+        for match in _DEPTH_TOKEN.finditer(text):
+            char = match.group()[0]
+            if char in "[{":
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise RelayError(BAD_JSON, _TOO_DEEP)
+            elif char != '"':
+                depth -= 1
+    try:
+        return _DECODER.decode(text)
+    except RecursionError:
+        # Not reachable past the check above; kept so that no nesting can ever escape
+        # as anything but 2001.
+        raise RelayError(BAD_JSON, _TOO_DEEP)
+
+
 def parse_request(data):
     """Parses one whole request (bytes); returns a `Request` or raises `RelayError`."""
     text = _decode(_strip_bom(data)).strip()
     if not text:
         raise RelayError(BAD_JSON, "empty request")
     try:
-        value = _DECODER.decode(text)
+        value = _json_value(text)
     except ValueError as error:
         raise RelayError(BAD_JSON, "invalid JSON: %s" % _json_reason(error))
     if not isinstance(value, _Pairs):
