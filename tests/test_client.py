@@ -11,10 +11,11 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 
-from tests import support
+from tests import certs, support
 from tests.support import KEY, start_server
 
 CALL_TIMEOUT = 30.0
@@ -382,6 +383,91 @@ class CallServerLimitTests(unittest.TestCase):
         result = run_call(self, ["--host", "::1", "--port", str(server.port), "nosuch"])
         self.assertEqual(result.returncode, 255, result)
         self.assertTrue(result.stderr.endswith("(code 2004)\n"), result)
+
+
+class RecordingListener(object):
+    """A plain TCP listener that records every byte its connections send, and answers
+    none of them; `received()` is what arrived so far."""
+
+    def __init__(self, test):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        test.addCleanup(self.sock.close)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(CALL_TIMEOUT)
+        self.port = self.sock.getsockname()[1]
+        self._chunks = []
+        self._thread = threading.Thread(target=self._serve, name="recording-listener")
+        self._thread.daemon = True
+        self._thread.start()
+        test.addCleanup(self._thread.join, CALL_TIMEOUT)
+
+    def _serve(self):
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(2.0)  # long enough for a request sent in clear to arrive
+            while True:
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    break
+                if not data:
+                    break
+                self._chunks.append(data)
+
+    def received(self):
+        self._thread.join(CALL_TIMEOUT)
+        return b"".join(self._chunks)
+
+
+class CallTLSOptionsImplyTLSTest(unittest.TestCase):
+    """Issue 12: `--tls-ca` and the other TLS options without `--tls` were ignored, and
+    the key went out in clear text. Any of them now means TLS."""
+
+    def setUp(self):
+        certs.require_openssl(self)
+        self.pki = certs.certificates()
+
+    def option_sets(self):
+        pki = self.pki
+        return [["--tls-ca", pki.ca], ["--tls-server-name", "localhost"],
+                ["--tls-cert", pki.client_cert, "--tls-key", pki.client_key],
+                ["--tls-key", pki.client_key]]
+
+    def test_any_tls_option_without_tls_connects_with_tls(self):
+        pki = self.pki
+        config_dir = support.make_config_dir(self, relays=CLIENT_RELAYS)
+        server = start_server(self, config_dir, args=[
+            "--tls-cert", pki.server_cert, "--tls-key", pki.server_key,
+            "--tls-client-ca", pki.ca, "--shutdown-timeout", "0"])
+        for options in (["--tls-ca", pki.ca, "--tls-cert", pki.client_cert, "--tls-key",
+                         pki.client_key],
+                        ["--tls-server-name", "localhost", "--tls-cert", pki.client_cert,
+                         "--tls-key", pki.client_key],
+                        ["--tls-cert", pki.client_cert, "--tls-key", pki.client_key]):
+            with self.subTest(options=options):
+                # The system's CAs are the test CA here, so options without --tls-ca
+                # verify the server too.
+                result = run_call(self, ["--port", str(server.port)] + options
+                                  + ["echo", "over", "tls"], env={"SSL_CERT_FILE": pki.ca})
+                self.assertEqual((result.returncode, result.stdout, result.stderr),
+                                 (0, "over tls\n", ""))
+
+    def test_a_tls_option_never_sends_the_key_in_clear_text(self):
+        for options in self.option_sets():
+            with self.subTest(options=options):
+                listener = RecordingListener(self)
+                result = run_call(self, ["--port", str(listener.port), "--timeout", "10"]
+                                  + options + ["echo", "hi"])
+                received = listener.received()
+                self.assertEqual((result.returncode, result.stdout), (255, ""), result)
+                self.assertNotIn(KEY.encode("ascii"), received)
+                self.assertNotIn(b"auth_key", received)
+                # A TLS handshake record (type 22) is what arrived instead.
+                self.assertTrue(received.startswith(b"\x16\x03"), received[:20])
 
 
 class CallUsageErrorTest(unittest.TestCase):

@@ -161,7 +161,8 @@ def _add_call_arguments(parser, max_seconds):
                         help="print the reply object as received")
     parser.add_argument("--list", action="store_true",
                         help="list the commands this key may run")
-    parser.add_argument("--tls", action="store_true", help="connect with TLS")
+    parser.add_argument("--tls", action="store_true",
+                        help="connect with TLS (implied by any other --tls-* option)")
     parser.add_argument("--tls-ca", metavar="FILE",
                         help="CA certificate(s) to verify the server with (default: the "
                              "system's)")

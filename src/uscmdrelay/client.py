@@ -21,6 +21,9 @@ KEY_VARIABLE = "USCMDRELAY_AUTH_KEY"
 VALUE_OPTIONS = ("--host", "--port", "--timeout", "--key-file", "--tls-ca", "--tls-cert",
                  "--tls-key", "--tls-server-name")
 MAX_REPLY_BYTES = 64 * 1024 * 1024
+# Any of these means TLS, --tls or not: `--tls-ca ca.pem` alone once sent the key in
+# clear text (issue 12).
+TLS_OPTIONS = ("tls_ca", "tls_cert", "tls_key", "tls_server_name")
 
 
 class CallError(Exception):
@@ -115,7 +118,7 @@ def read_key(key_file):
 def exchange(args, request):
     """Sends `request`; returns (raw reply bytes, reply object). Raises CallError."""
     deadline = time.monotonic() + args.timeout
-    context = _tls_context(args) if args.tls else None
+    context = _tls_context(args) if uses_tls(args) else None
     where = "%s port %d" % (args.host, args.port)
     try:
         sock = socket.create_connection((args.host, args.port), timeout=args.timeout)
@@ -148,6 +151,11 @@ def exchange(args, request):
     except ValueError:
         raise CallError("%s sent no valid reply (%d bytes)" % (where, len(raw)))
     return raw, reply
+
+
+def uses_tls(args):
+    """True with --tls or any other TLS option."""
+    return args.tls or any(getattr(args, name) is not None for name in TLS_OPTIONS)
 
 
 def _set_remaining(sock, deadline):
