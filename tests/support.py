@@ -63,8 +63,10 @@ def write_config(directory, auth=DEFAULT_AUTH, relays=DEFAULT_RELAYS):
             handle.write(auth)
         os.chmod(path, 0o600)
     if relays is not None:
-        with open(os.path.join(directory, "relays.conf"), "w") as handle:
+        path = os.path.join(directory, "relays.conf")
+        with open(path, "w") as handle:
             handle.write(relays)
+        os.chmod(path, 0o644)  # whatever the umask: group-writable would be refused
     return directory
 
 
