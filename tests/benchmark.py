@@ -534,6 +534,8 @@ class Bench(object):
         argv = [self.python, self.pyz, "--config-dir", self.config_dir, "--host", HOST,
                 "--port", port, "--log-level", "WARNING",
                 "--max-connections", str(self.max_connections),
+                # Every load client and idle connection comes from one address.
+                "--max-connections-per-host", "0",
                 "--request-timeout", str(self.request_timeout),
                 "--max-output", str(self.args.max_output)]
         if self.tls_cert:

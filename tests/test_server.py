@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -524,7 +525,8 @@ class ConcurrencyTests(_ServerTestCase):
         self.assertGreater(result["reply"]["duration_ms"], 4500)
 
     def test_500_idle_connections_do_not_stop_a_new_client(self):
-        self.start("--max-connections", "600", "--request-timeout", "30")
+        self.start("--max-connections", "600", "--max-connections-per-host", "0",
+                   "--request-timeout", "30")
         idle = []
         try:
             for index in range(500):
@@ -809,6 +811,209 @@ class LogFileTests(_ServerTestCase):
         process.terminate()
         self.assertEqual(process.wait(20), 0)
         self.assertEqual(read_text(stderr_path), "")
+
+
+def connect_from(source, port, timeout=15.0):
+    """A client socket bound to the loopback address `source` (Linux routes every
+    127.0.0.0/8 address to lo), connected to the server on 127.0.0.1."""
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                    source_address=(source, 0))
+
+
+def exchange_from(source, port, payload, half_close=True, timeout=15.0):
+    """Like support.exchange, from the loopback address `source`."""
+    with connect_from(source, port, timeout) as sock:
+        if payload:
+            sock.sendall(payload)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        return support.read_until_closed(sock)
+
+
+def reset(sock):
+    """Closes `sock` with a TCP reset (SO_LINGER 0), as a killed client's kernel would."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+class PerHostLimitTests(_ServerTestCase):
+    """--max-connections-per-host: one address cannot take every place."""
+
+    def idle_connections(self, count, source="127.0.0.1"):
+        socks = []
+        for _ in range(count):
+            sock = connect_from(source, self.server.port)
+            self.addCleanup(sock.close)
+            socks.append(sock)
+        return socks
+
+    def call_until_served(self, limit_seconds=5.0):
+        """Calls `true` until it is not refused with 3004 (places free up as the server
+        notices closed connections); returns the last reply."""
+        deadline = time.monotonic() + limit_seconds
+        while True:
+            reply = self.call("true", timeout=15)
+            if reply["code"] != 3004 or time.monotonic() > deadline:
+                return reply
+            time.sleep(0.05)
+
+    def test_connections_beyond_the_per_host_limit_get_3004_while_other_hosts_are_served(self):
+        self.start("--max-connections-per-host", "3", "--request-timeout", "30")
+        idle = self.idle_connections(3)
+        idle[2].sendall(b'{"auth_key": ')  # a request under way counts the same
+        started = time.monotonic()
+        reply = self.raw(b"", half_close=False, timeout=15)
+        self.assertLess(time.monotonic() - started, 5.0)
+        self.assertNotRan(reply, 3004)
+        self.assertEqual(reply["message"], "server busy: --max-connections-per-host (3) "
+                                           "reached for 127.0.0.1")
+        # Another address is served meanwhile.
+        other = json.loads(exchange_from("127.0.0.2", self.server.port,
+                                         body(command="echo", arguments=["other"]))
+                           .decode("utf-8"))
+        self.assertRan(other, 0)
+        self.assertEqual(other["message"], "other")
+        log_text = self.server.log_text()
+        self.assertRegex(log_text, r"WARNING client=127\.0\.0\.1:\d+ key=- command=- "
+                                   r"arguments=- code=3004 ")
+        # Once the idle clients go, their address is served again.
+        for sock in idle:
+            sock.close()
+        self.assertRan(self.call_until_served(), 0)
+
+    def test_ipv4_mapped_clients_are_counted_as_their_ipv4_address(self):
+        if not socket.has_ipv6:
+            self.skipTest("no IPv6")
+        try:
+            self.start("--host", "::", "--max-connections-per-host", "2",
+                       "--request-timeout", "30")
+        except AssertionError as error:
+            self.skipTest("cannot listen on :: (%s)" % error)
+        # A dual-stack listener sees 127.0.0.1 as ::ffff:127.0.0.1.
+        self.idle_connections(2)
+        reply = self.raw(b"", half_close=False, timeout=15)
+        self.assertNotRan(reply, 3004)
+        self.assertEqual(reply["message"], "server busy: --max-connections-per-host (2) "
+                                           "reached for 127.0.0.1")
+
+    def test_places_are_counted_back_to_zero_after_many_refused_and_served_connections(self):
+        self.start("--max-connections-per-host", "2", "--max-connections", "3",
+                   "--request-timeout", "2")
+        for _ in range(5):
+            idle = self.idle_connections(2)
+            # Refused for the address, then for the server as a whole.
+            self.assertNotRan(self.raw(b"", half_close=False, timeout=15), 3004)
+            third = self.idle_connections(1, "127.0.0.2")
+            reply = json.loads(exchange_from("127.0.0.3", self.server.port, body())
+                               .decode("utf-8"))
+            self.assertNotRan(reply, 3004)
+            self.assertIn("--max-connections (3)", reply["message"])
+            # Closed mid-request, reset, and a request cut short by its client.
+            idle[0].sendall(b'{"auth_key": ')
+            idle[0].shutdown(socket.SHUT_WR)
+            reset(idle[1])
+            third[0].sendall(body(command="sleep", arguments=["0.2"]))
+            support.read_until_gone(idle[0])  # its 2001
+            idle[0].close()
+            reset(third[0])
+            self.assertRan(self.call_until_served(), 0)
+            self.assertRan(self.call("echo", ["served"]), 0)
+        # Nothing leaked, and nothing went below zero: exactly the limit is let in.
+        time.sleep(0.5)  # the sleep 0.2 of the last reset client is over
+        self.idle_connections(2)
+        reply = self.raw(b"", half_close=False, timeout=15)
+        self.assertEqual(reply["message"], "server busy: --max-connections-per-host (2) "
+                                           "reached for 127.0.0.1")
+        other = json.loads(exchange_from("127.0.0.2", self.server.port, body())
+                           .decode("utf-8"))
+        self.assertRan(other, 0)
+
+    def test_zero_means_no_per_host_limit(self):
+        self.start("--max-connections-per-host", "0", "--max-connections", "40",
+                   "--request-timeout", "30")
+        self.idle_connections(38)
+        self.assertRan(self.call("true", timeout=15), 0)
+
+
+class GoneClientTests(_ServerTestCase):
+    """A client that goes away while its command runs frees its place at once."""
+
+    def wait_for_log(self, pattern, limit_seconds=15.0):
+        deadline = time.monotonic() + limit_seconds
+        while True:
+            match = re.search(pattern, self.server.log_text(), re.M)
+            if match or time.monotonic() > deadline:
+                self.assertIsNotNone(match, "%r not in the log:\n%s"
+                                     % (pattern, self.server.log_text()))
+                return match
+            time.sleep(0.05)
+
+    def test_client_that_resets_while_its_command_runs_frees_its_place_at_once(self):
+        self.start("--max-connections", "1")
+        gone = socket.create_connection((self.server.host, self.server.port), timeout=15)
+        self.addCleanup(gone.close)
+        gone.sendall(body(command="sleep", arguments=["6"]))
+        time.sleep(0.5)  # the command is running
+        started = time.monotonic()
+        reset(gone)
+        reply = self.call("echo", ["next"], timeout=15)
+        self.assertRan(reply, 0)  # not 3004
+        self.assertLess(time.monotonic() - started, 3.0)
+        self.wait_for_log(r"INFO client=127\.0\.0\.1:\d+ went away while its command "
+                          r"runs \(.+\); its reply will be dropped$")
+        # The command runs on; its audit line says the client went away.
+        audit = self.wait_for_log(r'command="default::sleep" arguments=\["6"\] code=0 '
+                                  r"exit=0 duration_ms=(\S+) client_gone=true$", 20.0)
+        self.assertGreater(float(audit.group(1)), 5500)
+        self.assertRan(self.call("true"), 0)
+        self.assertEqual(self.server.stop(), 0)
+        self.assertNotIn("Traceback", self.server.log_text())
+
+    def test_half_closing_client_still_gets_its_reply(self):
+        # `echo ... | nc -N` and exchange(half_close=True) end their sending side at
+        # once: that is not going away.
+        self.start("--max-connections", "1")
+        self.assertRan(self.call("sleep", ["1"]), 0, exit_code=0)
+        with socket.create_connection((self.server.host, self.server.port),
+                                      timeout=15) as sock:
+            sock.sendall(body(command="sleep", arguments=["1"]))
+            time.sleep(0.3)
+            sock.sendall(b"bytes after the request are ignored\n")
+            time.sleep(0.2)
+            sock.shutdown(socket.SHUT_WR)
+            reply = support.decode_reply(support.read_until_closed(sock))
+        self.assertRan(reply, 0, exit_code=0)
+        self.assertNotIn("went away", self.server.log_text())
+        self.assertNotIn("client_gone", self.server.log_text())
+
+    def test_client_that_half_closes_then_resets_is_noticed_too(self):
+        self.start("--max-connections", "1")
+        gone = socket.create_connection((self.server.host, self.server.port), timeout=15)
+        self.addCleanup(gone.close)
+        gone.sendall(body(command="sleep", arguments=["6"]))
+        gone.shutdown(socket.SHUT_WR)
+        time.sleep(0.5)  # the server has seen the end of the request stream
+        started = time.monotonic()
+        reset(gone)
+        self.assertRan(self.call("echo", ["next"], timeout=15), 0)
+        self.assertLess(time.monotonic() - started, 3.0)
+        self.wait_for_log(r"went away while its command runs")
+
+    def test_sigterm_waits_for_the_command_of_a_client_that_went_away(self):
+        self.start("--max-connections", "1", "--shutdown-timeout", "30")
+        gone = socket.create_connection((self.server.host, self.server.port), timeout=15)
+        self.addCleanup(gone.close)
+        gone.sendall(body(command="sleep", arguments=["2"]))
+        time.sleep(0.5)
+        reset(gone)
+        self.wait_for_log(r"went away while its command runs")
+        started = time.monotonic()
+        self.server.process.send_signal(signal.SIGTERM)
+        self.assertEqual(self.server.process.wait(20), 0)
+        # Not killed at once: it ran its 2 s, as it would have with its client there.
+        self.assertGreater(time.monotonic() - started, 1.0)
+        self.assertRegex(self.server.log_text(), r'command="default::sleep" '
+                         r'arguments=\["2"\] code=0 exit=0 .* client_gone=true')
 
 
 def read_text(path):

@@ -92,6 +92,10 @@ def build_parser():
                         int, 1, MAX_CONNECTIONS, "an integer"), default=256,
                         help="client connections open at once, at most %d; more get "
                              "code 3004 (default: 256)" % MAX_CONNECTIONS)
+    parser.add_argument("--max-connections-per-host", metavar="N", type=_number(
+                        int, 0, MAX_CONNECTIONS, "an integer"), default=32,
+                        help="client connections open at once from one address, 0 for no "
+                             "limit; more get code 3004 (default: 32)")
     parser.add_argument("--tls-cert", metavar="FILE",
                         help="serve TLS only, with this certificate (PEM; may hold the key)")
     parser.add_argument("--tls-key", metavar="FILE", help="the certificate's private key")

@@ -22,9 +22,9 @@ LOG_ARGUMENTS_CHARS = 1000
 
 
 class _Job(object):
-    """A request whose command is running."""
+    """A request whose command is running; `gone`: its client went away."""
 
-    __slots__ = ("sock", "address", "request", "grant", "command", "run")
+    __slots__ = ("sock", "address", "request", "grant", "command", "run", "gone")
 
     def __init__(self, sock, address, request, grant, command):
         self.sock = sock
@@ -33,6 +33,7 @@ class _Job(object):
         self.grant = grant
         self.command = command
         self.run = None
+        self.gone = False
 
 
 class Dispatcher(object):
@@ -79,6 +80,22 @@ class Dispatcher(object):
             code, reply = INTERNAL_ERROR, error_reply(INTERNAL_ERROR)
         self._answer(sock, address, grant, request, code, reply)
 
+    @property
+    def running(self):
+        """How many commands are running."""
+        return len(self._jobs)
+
+    def client_gone(self, sock):
+        """The client on `sock` went away while its command runs (the server has closed
+        the socket): the command runs on, and when it ends its reply is dropped and its
+        audit line says `client_gone=true`."""
+        for job in self._jobs:
+            if job.sock is sock:
+                job.gone = True
+                # The place where a streamed command, whose output has nowhere to go,
+                # would be killed instead: job.run.cancel().
+                return
+
     def stop_commands(self):
         """Ends every running command as a timeout would; their clients get 3003."""
         self._stopping = True
@@ -123,11 +140,14 @@ class Dispatcher(object):
             log.exception("internal error while serving %s %s",
                           format_address(job.address), job.request.command)
             code, reply = INTERNAL_ERROR, error_reply(INTERNAL_ERROR)
-        self._answer(job.sock, job.address, job.grant, job.request, code, reply, outcome)
+        self._answer(job.sock, job.address, job.grant, job.request, code, reply, outcome,
+                     job.gone)
 
-    def _answer(self, sock, address, grant, request, code, reply, outcome=None):
-        self.audit(logging.INFO, address, grant, request, code, outcome)
-        self._respond(sock, iter_reply(reply))
+    def _answer(self, sock, address, grant, request, code, reply, outcome=None,
+                gone=False):
+        self.audit(logging.INFO, address, grant, request, code, outcome, gone)
+        if not gone:
+            self._respond(sock, iter_reply(reply))
 
     def _start_run(self, command):
         """Counts a run of `command`; raises RelayError(3005) past its max_running."""
@@ -156,12 +176,13 @@ class Dispatcher(object):
         env["USCMDRELAY_KEY"] = grant.label
         return env
 
-    def audit(self, level, address, grant, request, code, outcome=None):
-        """Counts a request and writes its audit line (the key itself never appears)."""
+    def audit(self, level, address, grant, request, code, outcome=None, gone=False):
+        """Counts a request and writes its audit line (the key itself never appears);
+        `gone`: the client went away before its reply."""
         self.requests += 1
         if code != OK:
             self.errors += 1
-        _audit(level, address, grant, request, code, outcome)
+        _audit(level, address, grant, request, code, outcome, gone)
 
 
 def _describe(command):
@@ -198,7 +219,7 @@ def format_address(address):
     return "[%s]:%s" % (host, port) if ":" in host else "%s:%s" % (host, port)
 
 
-def _audit(level, address, grant, request, code, outcome):
+def _audit(level, address, grant, request, code, outcome, gone=False):
     """One line per request. The key itself never appears: only its label."""
     if not log.isEnabledFor(level):
         return
@@ -209,8 +230,10 @@ def _audit(level, address, grant, request, code, outcome):
         arguments = json.dumps(request.arguments)
         if len(arguments) > LOG_ARGUMENTS_CHARS:
             arguments = arguments[:LOG_ARGUMENTS_CHARS] + "...(%d chars)" % len(arguments)
-    log.log(level, "client=%s key=%s command=%s arguments=%s code=%d exit=%s duration_ms=%s",
+    log.log(level, "client=%s key=%s command=%s arguments=%s code=%d exit=%s "
+            "duration_ms=%s%s",
             format_address(address), json.dumps(grant.label) if grant else "-", command,
             arguments, code,
             outcome.exit_code if outcome is not None else "-",
-            outcome.duration_ms if outcome is not None else "-")
+            outcome.duration_ms if outcome is not None else "-",
+            " client_gone=true" if gone else "")

@@ -42,7 +42,7 @@ class Options(object):
 
     def __init__(self, host="0.0.0.0", port=7777, timeout=60.0, max_output=1048576,
                  max_request=65536, request_timeout=10.0, max_connections=256,
-                 shell_exec=False, shutdown_timeout=30.0):
+                 shell_exec=False, shutdown_timeout=30.0, max_connections_per_host=32):
         self.host = host
         self.port = port
         self.timeout = timeout
@@ -50,6 +50,8 @@ class Options(object):
         self.max_request = max_request
         self.request_timeout = request_timeout
         self.max_connections = max_connections
+        # 0: no limit per client address (nor does a value >= max_connections limit more).
+        self.max_connections_per_host = max_connections_per_host
         self.shell_exec = shell_exec
         self.shutdown_timeout = shutdown_timeout
 
@@ -76,17 +78,15 @@ class _Client(object):
 
 
 class _Reply(object):
-    """A reply being written: the rest of its `pieces` (bytes), the `chunk` in flight,
-    the `deadline` for all of it, and whether its connection `counted` against
-    --max-connections."""
+    """A reply being written: the rest of its `pieces` (bytes), the `chunk` in flight
+    and the `deadline` for all of it."""
 
-    __slots__ = ("pieces", "chunk", "deadline", "counted", "close_notify_sent")
+    __slots__ = ("pieces", "chunk", "deadline", "close_notify_sent")
 
-    def __init__(self, pieces, deadline, counted):
+    def __init__(self, pieces, deadline):
         self.pieces = iter(pieces)
         self.chunk = None
         self.deadline = deadline
-        self.counted = counted
         self.close_notify_sent = False
 
     def next_chunk(self):
@@ -131,8 +131,12 @@ class RelayServer(object):
         self._reading = collections.OrderedDict()    # sock -> _Client
         self._sending = collections.OrderedDict()    # sock -> _Reply
         self._lingering = collections.OrderedDict()  # sock -> close deadline
+        self._waiting = {}  # sock -> address, while its command runs
         self._accept_paused_until = None
-        self._open = 0  # connections counted against --max-connections
+        # The connections counted against --max-connections (from accept until their
+        # reply is written), with their client's address, and how many each address has.
+        self._slots = {}  # sock -> host
+        self._per_host = {}  # host -> connections in self._slots
         self._stopping = False
         self._draining_until = None
         self._commands_stopped = False
@@ -150,7 +154,7 @@ class RelayServer(object):
 
     @property
     def open_connections(self):
-        return self._open
+        return len(self._slots)
 
     def shutdown(self):
         """Stops accepting at once; serve_forever() returns when the requests in flight
@@ -190,8 +194,8 @@ class RelayServer(object):
     def _finished(self):
         if self._draining_until is None:
             return False
-        if not self.open_connections:
-            return True
+        if not self.open_connections and not self._dispatcher.running:
+            return True  # a command whose client went away still gets its time
         # Past the deadline the running commands were stopped; give them the kill grace.
         return time.monotonic() >= self._draining_until + SHUTDOWN_KILL_SECONDS
 
@@ -309,6 +313,8 @@ class RelayServer(object):
             self._abandon_reply(fileobj)
         elif fileobj in self._lingering:
             self._end_linger(fileobj)
+        elif fileobj in self._waiting:
+            self._loop.unwatch(fileobj)  # stop watching; the reply still comes
         elif fileobj in self._listeners and self._accept_paused_until is None:
             self._pause_accept()
 
@@ -336,10 +342,18 @@ class RelayServer(object):
             # The reply is one write; with TLS, session tickets go out just before it,
             # and Nagle would hold the reply until the client's delayed ACK (~40 ms).
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self._open >= self.options.max_connections:
-                self._refuse_busy(sock, address)
+            if len(self._slots) >= self.options.max_connections:
+                self._refuse_busy(sock, address, "server busy: --max-connections (%d) "
+                                  "reached" % self.options.max_connections)
                 continue
-            self._open += 1
+            host = _host_key(address)
+            per_host = self._per_host.get(host, 0)
+            limit = self.options.max_connections_per_host
+            if limit and per_host >= limit:
+                # One address must not take every place (sshd's PerSourceMaxStartups).
+                self._refuse_busy(sock, address, "server busy: --max-connections-per-host"
+                                  " (%d) reached for %s" % (limit, host))
+                continue
             callback = self._read
             if self._tls is not None:
                 try:
@@ -348,9 +362,10 @@ class RelayServer(object):
                 except (OSError, ValueError) as error:
                     log.info("client=%s TLS failed: %s", format_address(address), error)
                     sock.close()
-                    self._release()
                     continue
                 callback = self._handshake
+            self._slots[sock] = host
+            self._per_host[host] = per_host + 1
             # The deadline covers a TLS handshake too: a slow one is a slow request.
             client = _Client(sock, address, RequestReader(self.options.max_request),
                              time.monotonic() + self.options.request_timeout, self.config)
@@ -377,15 +392,15 @@ class RelayServer(object):
         self._loop.rewatch(sock, EVENT_READ, self._read)
         self._read(sock)  # the request may have come with the handshake's last flight
 
-    def _refuse_busy(self, sock, address):
-        error = RelayError(SERVER_BUSY, "server busy: --max-connections (%d) reached"
-                           % self.options.max_connections)
+    def _refuse_busy(self, sock, address, message):
+        """Refuses a connection beyond a limit; it was never counted."""
+        error = RelayError(SERVER_BUSY, message)
         self._dispatcher.audit(logging.WARNING, address, None, None, error.code)
         if self._tls is not None:
             # A reply would need a handshake first, which is work a busy server refuses.
             sock.close()
             return
-        self._send(sock, [encode_reply(error_reply(error.code, error.message))], False)
+        self._send(sock, [encode_reply(error_reply(error.code, error.message))])
 
     def _read(self, sock):
         client = self._reading[sock]
@@ -407,26 +422,56 @@ class RelayServer(object):
             # TLS may hold decrypted bytes the selector cannot see: read them now.
             if self._tls is None or not sock.pending():
                 return
-        self._loop.unwatch(sock)
+        # While its command runs, the connection is watched for its client going away:
+        # for errors and hang-ups only, which are reported whatever the mask. A reset is
+        # a client gone; an end of stream is not (`echo ... | nc -N` half-closes and
+        # reads the reply), nor are bytes after the request (left unread, as ever). Not
+        # reading matters with TLS: once OpenSSL has read the end of a half-closed stream
+        # without close_notify (ncat --ssl does that), it no longer writes the reply.
+        self._loop.rewatch(sock, 0, self._client_hung_up)
         del self._reading[sock]
+        self._waiting[sock] = client.address
         self._dispatcher.handle(sock, client.address, client.config, request)
+
+    def _client_hung_up(self, sock):
+        """The connection of a running command has an error (a reset) or is closed both
+        ways: its client went away."""
+        try:
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except OSError as failure:
+            error = failure.errno
+        self._client_gone(sock, os.strerror(error) if error else "connection closed")
+
+    def _client_gone(self, sock, reason):
+        """The client of a running command went away: its place is free at once, its
+        command keeps running (the dispatcher drops its reply and says so in the audit
+        line)."""
+        address = self._waiting.pop(sock)
+        self._loop.unwatch(sock)
+        sock.close()
+        self._release(sock)
+        log.info("client=%s went away while its command runs (%s); its reply will be "
+                 "dropped", format_address(address), reason)
+        self._dispatcher.client_gone(sock)
 
     def _answer_from_loop(self, sock, address, error):
         """Answers a request that failed before it was complete, then lets it go."""
         self._loop.unwatch(sock)
         del self._reading[sock]
         self._dispatcher.audit(logging.INFO, address, None, None, error.code)
-        self._send(sock, [encode_reply(error_reply(error.code, error.message))], True)
+        self._send(sock, [encode_reply(error_reply(error.code, error.message))])
 
     def _respond(self, sock, pieces):
         """Sends the reply to a request the dispatcher has answered."""
-        self._send(sock, pieces, True)
+        if self._waiting.pop(sock, None) is not None:
+            self._loop.unwatch(sock)
+        self._send(sock, pieces)
 
-    def _send(self, sock, pieces, counted):
+    def _send(self, sock, pieces):
         """Writes a reply (an iterable of bytes) as the client takes it, within
-        --request-timeout, then closes the connection without destroying the reply.
-        `counted`: the connection counts against --max-connections until then."""
-        reply = _Reply(pieces, time.monotonic() + self.options.request_timeout, counted)
+        --request-timeout, then closes the connection without destroying the reply. A
+        counted connection frees its place then."""
+        reply = _Reply(pieces, time.monotonic() + self.options.request_timeout)
         self._write(sock, reply, False)  # most replies fit in the socket's buffer
 
     def _write_ready(self, sock):
@@ -469,16 +514,12 @@ class RelayServer(object):
         if waiting:
             self._loop.unwatch(sock)
             del self._sending[sock]
-        self._reply_done(reply)
-
-    def _reply_done(self, reply):
-        if reply.counted:
-            reply.counted = False
-            self._release()
+        self._release(sock)
 
     def _abandon_reply(self, sock):
         self._loop.unwatch(sock)
-        self._reply_done(self._sending.pop(sock))
+        del self._sending[sock]
+        self._release(sock)
         sock.close()
 
     def _linger_read(self, sock):
@@ -500,10 +541,28 @@ class RelayServer(object):
         self._loop.unwatch(sock)
         del self._reading[sock]
         sock.close()
-        self._release()
+        self._release(sock)
 
-    def _release(self):
-        self._open -= 1
+    def _release(self, sock):
+        """Frees the place of `sock` (in --max-connections and its host's count); one
+        that holds none (refused, or freed already) is fine."""
+        host = self._slots.pop(sock, None)
+        if host is None:
+            return
+        count = self._per_host[host] - 1
+        if count:
+            self._per_host[host] = count
+        else:
+            del self._per_host[host]
+
+
+def _host_key(address):
+    """The client address that --max-connections-per-host counts: the IP address, all
+    ports together, an IPv4-mapped IPv6 address as the IPv4 one."""
+    host = address[0] if address else ""
+    if host.startswith("::ffff:") and "." in host:
+        return host[7:]
+    return host
 
 
 def _send_close_notify(sock):

@@ -42,7 +42,8 @@ def serve(args):
                       max_output=args.max_output, max_request=args.max_request,
                       request_timeout=args.request_timeout,
                       max_connections=args.max_connections, shell_exec=args.shell_exec,
-                      shutdown_timeout=args.shutdown_timeout)
+                      shutdown_timeout=args.shutdown_timeout,
+                      max_connections_per_host=args.max_connections_per_host)
     try:
         tls_context = _tls_context(args)
     except ValueError as error:
