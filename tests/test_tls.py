@@ -8,6 +8,7 @@ without that binary every test here is skipped.
 import json
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -256,6 +257,59 @@ class TLSBigReplyTests(unittest.TestCase):
         self.assertIsNone(reader.error, "after %d bytes (no close_notify?)"
                           % reader.received)
         check_big_reply(self, reader.data)
+
+
+class TLSShutdownTests(unittest.TestCase):
+
+    def test_idle_and_handshaking_connections_do_not_hold_sigterm(self):
+        certs.require_openssl(self)
+        pki = certs.certificates()
+        config_dir = support.make_config_dir(self, auth=TLS_AUTH, relays=TLS_RELAYS)
+        server = start_server(self, config_dir, args=[
+            "--tls-cert", pki.server_cert, "--tls-key", pki.server_key,
+            "--request-timeout", "30", "--shutdown-timeout", "30"])
+        address = ("127.0.0.1", server.port)
+        # Connected, no handshake at all.
+        idle = socket.create_connection(address, timeout=15)
+        self.addCleanup(idle.close)
+        # Mid-handshake: the first bytes of a ClientHello, then nothing.
+        partial = socket.create_connection(address, timeout=15)
+        self.addCleanup(partial.close)
+        partial.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+        # Handshake done, no request. Accepted after the two above, so once it is done
+        # the server holds all three.
+        context = ssl.create_default_context(cafile=pki.ca)
+        quiet = context.wrap_socket(socket.create_connection(address, timeout=15),
+                                    server_hostname="localhost")
+        self.addCleanup(quiet.close)
+        # With TLS 1.3 the client is done before the server has read its Finished; the
+        # server's session tickets come once the server is done too.
+        quiet.settimeout(0.1)
+        deadline = time.monotonic() + 10.0
+        while not (quiet.session and quiet.session.has_ticket):
+            self.assertLess(time.monotonic(), deadline, "no session ticket came")
+            try:
+                quiet.recv(1)
+            except socket.timeout:
+                pass
+        quiet.settimeout(15)
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            status = server.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.fail("an idle TLS connection held the stop:\n%s" % server.log_text())
+        self.assertEqual(status, 0, server.log_text())
+        self.assertLess(time.monotonic() - started, 10.0)
+        # The one past its handshake was told why; the others were just closed.
+        self.assertEqual(json.loads(support.read_until_gone(quiet).decode("utf-8")),
+                         {"status": "error", "code": 3004,
+                          "message": "server is shutting down"})
+        self.assertNotIn(b"{", support.read_until_gone(idle))
+        log_text = server.log_text()
+        self.assertIn("stopping: no new connections; 0 requests in flight", log_text)
+        self.assertEqual(log_text.count("code=3004"), 3, log_text)
+        self.assertNotIn("Traceback", log_text)
 
 
 class TLSOverIPv6Tests(unittest.TestCase):

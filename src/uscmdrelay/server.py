@@ -64,17 +64,19 @@ class _Client(object):
     """A connection whose request is still being read.
 
     `config` is the configuration in force when it was accepted: a reload applies to
-    connections accepted after it, never to one already in flight.
+    connections accepted after it, never to one already in flight. `handshaking`: its
+    TLS handshake is not done yet.
     """
 
-    __slots__ = ("sock", "address", "reader", "deadline", "config")
+    __slots__ = ("sock", "address", "reader", "deadline", "config", "handshaking")
 
-    def __init__(self, sock, address, reader, deadline, config):
+    def __init__(self, sock, address, reader, deadline, config, handshaking=False):
         self.sock = sock
         self.address = address
         self.reader = reader
         self.deadline = deadline
         self.config = config
+        self.handshaking = handshaking
 
 
 class _Reply(object):
@@ -214,7 +216,13 @@ class RelayServer(object):
         # A connection that has sent nothing yet is not a request in flight: an idle
         # client or a port scanner must not hold `systemctl stop` for --request-timeout.
         for sock, client in list(self._reading.items()):
-            if not client.reader.received:
+            if client.handshaking:
+                # Idle too, but 3004 cannot be sent before the handshake: a write would
+                # wait for the client to go on with it, up to --request-timeout.
+                self._dispatcher.audit(logging.INFO, client.address, None, None,
+                                       SERVER_BUSY)
+                self._close_reading(sock)
+            elif not client.reader.received:
                 self._answer_from_loop(sock, client.address, RelayError(
                     SERVER_BUSY, "server is shutting down"))
         in_flight = self.open_connections
@@ -368,7 +376,8 @@ class RelayServer(object):
             self._per_host[host] = per_host + 1
             # The deadline covers a TLS handshake too: a slow one is a slow request.
             client = _Client(sock, address, RequestReader(self.options.max_request),
-                             time.monotonic() + self.options.request_timeout, self.config)
+                             time.monotonic() + self.options.request_timeout, self.config,
+                             self._tls is not None)
             self._reading[sock] = client
             self._loop.watch(sock, EVENT_READ, callback)
 
@@ -389,6 +398,7 @@ class RelayServer(object):
                      format_address(self._reading[sock].address), error)
             self._close_reading(sock)
             return
+        self._reading[sock].handshaking = False
         self._loop.rewatch(sock, EVENT_READ, self._read)
         self._read(sock)  # the request may have come with the handshake's last flight
 
