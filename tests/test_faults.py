@@ -52,7 +52,7 @@ class DescriptorExhaustionTest(unittest.TestCase):
         directory = support.make_config_dir(self)
         # A shell lowers the limit, then execs the real server: few descriptors to spare.
         server = support.ServerProcess(
-            directory, args=["--request-timeout", "30"],
+            directory, args=["--request-timeout", "30", "--max-connections-per-host", "0"],
             wrapper=["sh", "-c", "ulimit -n 40 && exec \"$@\"", "sh"])
         self.addCleanup(server.stop)
 
