@@ -368,6 +368,24 @@ class CallServerLimitTests(unittest.TestCase):
                 self.assertRegex(result.stderr, r"\Auscmdrelay: [^\n]+\n\Z")
                 self.assertLess(result.elapsed, 10.0, result)
 
+    def test_a_call_that_gives_up_frees_its_place_at_the_server_at_once(self):
+        config_dir = support.make_config_dir(self, relays=CLIENT_RELAYS)
+        server = start_server(self, config_dir, args=SERVER_ARGS + [
+            "--max-connections", "1", "--request-timeout", "20"])
+        result = run_call(self, ["--port", str(server.port), "--timeout", "1",
+                                 "sleep", "10"])
+        self.assertEqual(result.returncode, 255, result)
+        self.assertIn("(--timeout)", result.stderr)
+        # The sleep still runs, but its client reset the connection: the only place is
+        # free again (a plain close would hold it until the sleep ends, 9 s from now).
+        deadline = time.monotonic() + 5
+        while True:
+            reply = support.request(server.port, command="echo", arguments=["next"])
+            if reply["code"] != 3004 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        self.assertEqual((reply["code"], reply["message"]), (0, "next"), reply)
+
     def test_ipv6_loopback_host_works(self):
         if not can_bind_ipv6_loopback():
             self.skipTest("cannot bind ::1")

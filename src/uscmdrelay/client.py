@@ -9,6 +9,7 @@ connection or TLS failure) prints `uscmdrelay: <message> (code N)` and exits 255
 import json
 import os
 import socket
+import struct
 import sys
 import time
 
@@ -139,6 +140,7 @@ def exchange(args, request):
             sock.sendall(data)
             raw = _read_reply(sock, deadline)
         except socket.timeout:
+            _reset_on_close(sock)
             raise CallError("no reply from %s within %g s (--timeout)" % (where, args.timeout))
         except OSError as error:
             raise CallError("connection to %s failed: %s" % (where, _reason(error)))
@@ -151,6 +153,17 @@ def exchange(args, request):
     except ValueError:
         raise CallError("%s sent no valid reply (%d bytes)" % (where, len(raw)))
     return raw, reply
+
+
+def _reset_on_close(sock):
+    """Makes close() reset the connection: a call that gives up must free its place at
+    the server at once. The server cannot tell a plain close from a half-close (after
+    which a client still reads its reply), so it keeps that connection's place until
+    the command ends; a reset says the client is gone."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass  # the connection is gone already
 
 
 def uses_tls(args):
