@@ -70,6 +70,22 @@ which = echo "unclosed
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 
+# No config warnings: stderr holds nothing but what a start-up failure prints.
+QUIET_RELAYS = """\
+[default]
+true = /bin/true
+
+[ops]
+true = /bin/true
+"""
+
+# `orphan` leaves a `sleep 2` behind and exits: the sleep is orphaned.
+ORPHAN_RELAYS = """\
+[default]
+orphan = sh -c "sleep 2 >/dev/null 2>&1 & echo started"
+fail = sh -c "exit 3"
+"""
+
 
 def body(command, auth_key=KEY):
     return (json.dumps({"auth_key": auth_key, "command": command}) + "\n").encode("utf-8")
@@ -150,6 +166,51 @@ def run_cli(program, args, env=None):
 
 
 stop_process = support.stop_process
+
+
+def python_wrapper(setup, *arguments):
+    """A wrapper for ServerProcess: Python runs `setup` (os, signal and sys imported),
+    then execs the server's argv, which follows `arguments`."""
+    code = "import os, signal, sys\n%s\nargv = sys.argv[%d:]\nos.execv(argv[0], argv)" % (
+        setup, len(arguments) + 1)
+    return [sys.executable, "-c", code] + list(arguments)
+
+
+def process_state(pid):
+    """(state letter, parent pid) from /proc/PID/stat, or None for no such process."""
+    text = read_file("/proc/%d/stat" % pid)
+    if text is None:
+        return None
+    fields = text.rsplit(")", 1)[1].split()
+    return fields[0], int(fields[1])
+
+
+def children(parent):
+    """[(pid, state letter)] of the processes whose parent is `parent`, zombies too."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            state = process_state(int(name))
+            if state is not None and state[1] == parent:
+                found.append((int(name), state[0]))
+    return found
+
+
+_unshare_works = []
+
+
+def unshare_works():
+    """True when this process may run a command as PID 1 of a new PID namespace."""
+    if not _unshare_works:
+        try:
+            works = UNSHARE is not None and subprocess.call(
+                [UNSHARE, "--fork", "--pid", "--mount-proc", "--kill-child", "true"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, timeout=30) == 0
+        except (OSError, subprocess.TimeoutExpired):
+            works = False
+        _unshare_works.append(works)
+    return _unshare_works[0]
 
 
 class ServiceTestCase(unittest.TestCase):
@@ -529,6 +590,60 @@ class SocketActivationTest(ServiceTestCase):
         self.assertNotIn("Traceback", result.stderr)
         self.assertEqual(result.stderr.splitlines()[-1], "uscmdrelay: cannot use the socket "
                          "passed by systemd: fd 3: Socket operation on non-socket")
+
+
+class PassedSocketTest(ServiceTestCase):
+    """A descriptor passed as systemd would ($LISTEN_FDS=1, $LISTEN_PID) that is not a
+    listening TCP socket is refused at start-up, in one line."""
+
+    def run_passing(self, sock):
+        """Runs the server with `sock` as its fd 3; returns (exit status, stderr)."""
+        wrapper = python_wrapper(
+            "os.dup2(int(sys.argv[1]), 3)\n"
+            "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1')",
+            str(sock.fileno()))
+        argv = wrapper + support.command(self.program) + [
+            "--config-dir", self.config_dir(QUIET_RELAYS), "--host", "127.0.0.1",
+            "--port", "0"]
+        result = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, universal_newlines=True,
+                                timeout=20, pass_fds=(sock.fileno(),),
+                                env=support.environment(self.program))
+        return result.returncode, result.stderr
+
+    def unix_socket(self):
+        directory = tempfile.mkdtemp(prefix="uscmdrelay-unix-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(os.path.join(directory, "socket"))
+        sock.listen(1)
+        return sock
+
+    def udp_socket(self):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        return sock
+
+    def unlistening_tcp_socket(self):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        return sock
+
+    def test_a_unix_datagram_or_unlistening_socket_is_refused_in_one_line(self):
+        tcp_only = "; uscmdrelay listens on TCP only (ListenStream=PORT or ADDRESS:PORT)"
+        for make, problem in (
+                (self.unix_socket, "a Unix-domain socket" + tcp_only),
+                (self.udp_socket, "a datagram (UDP) socket" + tcp_only),
+                (self.unlistening_tcp_socket, "a TCP socket that is not listening (a "
+                 "connection, as Accept=yes passes); uscmdrelay needs the listening "
+                 "socket (Accept=no)")):
+            with self.subTest(problem=problem):
+                sock = make()
+                self.addCleanup(sock.close)
+                status, stderr = self.run_passing(sock)
+                self.assertEqual(status, 1, stderr)
+                self.assertEqual(stderr.splitlines(), [
+                    "uscmdrelay: cannot use the socket passed by systemd: fd 3: " + problem])
 
 
 class SourceSocketActivationTest(SocketActivationTest):

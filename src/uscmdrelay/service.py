@@ -51,9 +51,8 @@ def serve(args):
         return EXIT_CONFIG
     try:
         listeners = systemd.listen_sockets()
-    except OSError as error:
-        _fail("uscmdrelay: cannot use the socket passed by systemd: %s" % error.strerror,
-              args.log)
+    except ValueError as error:
+        _fail("uscmdrelay: cannot use the socket passed by systemd: %s" % error, args.log)
         return EXIT_STARTUP
     if listeners:
         log.info("using %d listening socket(s) passed by systemd; --host and --port are "

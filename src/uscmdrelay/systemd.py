@@ -49,8 +49,8 @@ def listen_sockets():
     """Returns the listening sockets systemd passed to this process, or [].
 
     Only when $LISTEN_PID names this process: the variables may be left over from a
-    parent that was itself socket-activated. Raises OSError (with the fd in its message)
-    when a passed descriptor is not a usable socket.
+    parent that was itself socket-activated. Raises ValueError, with the fd and what is
+    wrong in its message, when a passed descriptor is not a listening TCP socket.
     """
     try:
         if int(os.environ.get("LISTEN_PID", "")) != os.getpid():
@@ -59,24 +59,56 @@ def listen_sockets():
     except ValueError:
         return []
     sockets = []
-    for fd in range(LISTEN_FDS_START, LISTEN_FDS_START + count):
-        # socket.socket(fileno=) only detects the family from 3.7 on; ask the kernel.
-        try:
-            probe = socket.socket(fileno=fd)
-            try:
-                family = probe.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
-                kind = probe.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
-            finally:
-                probe.detach()
-        except OSError as error:
-            for sock in sockets:
-                sock.close()
-            raise OSError(error.errno, "fd %d: %s" % (fd, error.strerror or error))
-        sock = socket.socket(family, kind, 0, fd)
-        sock.set_inheritable(False)
-        sock.setblocking(False)
-        sockets.append(sock)
+    try:
+        for fd in range(LISTEN_FDS_START, LISTEN_FDS_START + count):
+            sockets.append(_listening_socket(fd))
+    except ValueError:
+        for sock in sockets:
+            sock.close()
+        raise
     return sockets
+
+
+def _listening_socket(fd):
+    """The passed descriptor `fd` as a non-blocking socket; raises ValueError unless it
+    is a listening TCP socket."""
+    # socket.socket(fileno=) only detects the family from 3.7 on; ask the kernel.
+    try:
+        probe = socket.socket(fileno=fd)
+        try:
+            family = probe.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
+            kind = probe.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+            protocol = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)
+            listening = probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        finally:
+            probe.detach()
+    except OSError as error:
+        raise ValueError("fd %d: %s" % (fd, error.strerror or error))
+    problem = _not_tcp(family, kind, protocol)
+    if problem:
+        raise ValueError("fd %d: %s; uscmdrelay listens on TCP only (ListenStream=PORT or "
+                         "ADDRESS:PORT)" % (fd, problem))
+    if not listening:
+        raise ValueError("fd %d: a TCP socket that is not listening (a connection, as "
+                         "Accept=yes passes); uscmdrelay needs the listening socket "
+                         "(Accept=no)" % fd)
+    sock = socket.socket(family, kind, 0, fd)
+    sock.set_inheritable(False)
+    sock.setblocking(False)
+    return sock
+
+
+def _not_tcp(family, kind, protocol):
+    """What a socket of this family, type and protocol is, if it is not TCP; else None."""
+    if family == socket.AF_UNIX:
+        return "a Unix-domain socket"
+    if family not in (socket.AF_INET, socket.AF_INET6):
+        return "a socket of address family %d" % family
+    if kind == socket.SOCK_DGRAM:
+        return "a datagram (UDP) socket"
+    if kind != socket.SOCK_STREAM or protocol != socket.IPPROTO_TCP:
+        return "a socket of type %d, protocol %d" % (kind, protocol)
+    return None
 
 
 def stderr_is_journal():
