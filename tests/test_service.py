@@ -676,6 +676,13 @@ class CommandEnvironmentTest(ServiceTestCase):
             self.assertNotIn(name, environ)
         self.assertEqual(environ.get("USCMDRELAY_COMMAND"), "report")
 
+    def test_command_never_inherits_the_client_key_variable(self):
+        # `call` reads the key from USCMDRELAY_AUTH_KEY; a service environment may hold it.
+        server = self.start(env={"USCMDRELAY_AUTH_KEY": OTHER_KEY})
+        environ = self.report(server.port)["environ"]
+        self.assertNotIn("USCMDRELAY_AUTH_KEY", environ)
+        self.assertNotIn(OTHER_KEY, json.dumps(environ))
+
     def test_command_sees_only_file_descriptors_0_1_2(self):
         server = self.start()
         # Connections open while the command runs must not leak into it either.

@@ -13,11 +13,10 @@ import struct
 import sys
 import time
 
-from .protocol import COMMAND_FAILED, LIST_COMMAND, OK
+from .protocol import COMMAND_FAILED, KEY_VARIABLE, LIST_COMMAND, OK
 
 EXIT_RELAY_ERROR = 255
 EXIT_USAGE = 2
-KEY_VARIABLE = "USCMDRELAY_AUTH_KEY"
 # call's options that take a value (split_argv must skip the value).
 VALUE_OPTIONS = ("--host", "--port", "--timeout", "--key-file", "--tls-ca", "--tls-cert",
                  "--tls-key", "--tls-server-name")

@@ -14,7 +14,8 @@ import os
 from . import executor, systemd
 from .auth import Refused, authorize
 from .protocol import (ALREADY_RUNNING, COMMAND_FAILED, COMMAND_TIMED_OUT, INTERNAL_ERROR,
-                       OK, RelayError, command_reply, error_reply, iter_reply, list_reply)
+                       KEY_VARIABLE, OK, RelayError, command_reply, error_reply, iter_reply,
+                       list_reply)
 
 log = logging.getLogger("uscmdrelay")
 
@@ -45,9 +46,11 @@ class Dispatcher(object):
         self._loop = loop
         self._respond = respond
         # What every command inherits: our environment, less what describes our own
-        # relation to systemd (sd_listen_fds(3): children must not see it).
+        # relation to systemd (sd_listen_fds(3): children must not see it) and a client
+        # key the service's environment may hold.
+        hidden = systemd.SERVICE_VARIABLES + (KEY_VARIABLE,)
         self._base_env = dict((name, value) for name, value in os.environ.items()
-                              if name not in systemd.SERVICE_VARIABLES)
+                              if name not in hidden)
         self._running = {}  # "cluster::name" -> runs in progress, for max_running
         self._jobs = set()
         self._stopping = False

@@ -52,6 +52,8 @@ DEFAULT_CLUSTER = "default"
 CLUSTER_SEPARATOR = "::"
 # The reserved command that lists what the calling key may run, instead of running it.
 LIST_COMMAND = "::list"
+# The environment variable `call` reads the key from; commands never inherit it.
+KEY_VARIABLE = "USCMDRELAY_AUTH_KEY"
 FIELDS = ("auth_key", "command", "arguments")
 # How deep arrays and objects may nest. A request needs 2 (the object and its
 # arguments); the json module recurses once per level and raises RecursionError, not
