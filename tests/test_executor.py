@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 import unittest
+from unittest import mock
 
 from tests import support
 
@@ -547,8 +548,8 @@ class BuildArgv(ExecutorTestCase):
 SLEEP_WITH_PID_FILE = ["/bin/sh", "-c", 'echo $$ > "$1"; exec sleep 30', "sh"]
 
 
-class RunOnALoopTest(ExecutorTestCase):
-    """`Run` driven by a shared `eventloop.Loop`, as the server drives it."""
+class LoopTestCase(ExecutorTestCase):
+    """Helpers for `Run` driven by a shared `eventloop.Loop`, as the server drives it."""
 
     def setUp(self):
         self.loop = Loop()
@@ -598,6 +599,9 @@ class RunOnALoopTest(ExecutorTestCase):
         """`pid` is not just dead but reaped: the executor waited for its child."""
         with self.assertRaises(ProcessLookupError, msg="process %d still exists" % pid):
             os.kill(pid, 0)
+
+
+class RunOnALoopTest(LoopTestCase):
 
     def test_a_run_on_a_shared_loop_gives_the_same_outcome_as_run(self):
         argv = ["/bin/sh", "-c", "echo out; echo err >&2; exit 3"]
@@ -665,6 +669,111 @@ class RunOnALoopTest(ExecutorTestCase):
         self.assertTrue(outcome.timed_out)
         self.assertLess(outcome.exit_code, 0)
         self.assertProcessGone(pid)
+
+
+    def start_failing(self, argv, **kwargs):
+        """Like start, with an on_error that records the exception being handled."""
+        errors = []
+        command, outcomes = self.start(
+            argv, on_error=lambda: errors.append(sys.exc_info()[1]), **kwargs)
+        return command, outcomes, errors
+
+    def test_an_error_reaping_the_command_goes_to_on_error_once_and_never_on_done(self):
+        # waitpid() fails with ECHILD when the kernel reaps for us (SIGCHLD ignored).
+        def poll(child):
+            raise ChildProcessError(10, "No child processes")
+        with mock.patch.object(executor._Child, "poll", poll):
+            command, outcomes, errors = self.start_failing(["/bin/sh", "-c", "exit 3"])
+            self.drive(lambda: errors)
+            self.loop.run_once(0.1)
+        self.assertEqual(outcomes, [])
+        self.assertEqual(len(errors), 1)
+        self.assertIsInstance(errors[0], ChildProcessError)
+        self.assertTrue(command.done)
+        # Only the loop's own wake-up pipe is left watched.
+        self.assertEqual(len(self.loop._watched), 1)
+
+    def test_an_error_while_the_command_runs_kills_and_reaps_it(self):
+        pid_file = self.pid_file(b"sleep")
+        argv = ["/bin/sh", "-c", 'echo $$ > "$1"; echo out; exec sleep 30', "sh", pid_file]
+
+        def add(capture, data):
+            raise RuntimeError("planted")
+        with mock.patch.object(executor._Capture, "add", add):
+            _, outcomes, errors = self.start_failing(argv, timeout=None)
+            pid = self.wait_for_pid(pid_file)
+            self.drive(lambda: errors)
+        self.assertEqual([str(error) for error in errors], ["planted"])
+        self.assertEqual(outcomes, [])
+        self.assertProcessGone(pid)
+
+    def test_an_error_building_the_outcome_goes_to_on_error(self):
+        def outcome(*args):
+            raise RuntimeError("planted")
+        with mock.patch.object(executor, "Outcome", outcome):
+            _, outcomes, errors = self.start_failing(["/bin/true"])
+            self.drive(lambda: errors)
+        self.assertEqual((outcomes, [str(error) for error in errors]), ([], ["planted"]))
+
+    def test_an_error_raised_by_on_done_itself_propagates_and_skips_on_error(self):
+        errors = []
+
+        def on_done(outcome):
+            raise RuntimeError("the owner's bug")
+        self.runs.append(executor.Run(self.loop, ["/bin/true"], on_done,
+                                      on_error=lambda: errors.append(1)))
+        with self.assertRaisesRegex(RuntimeError, "the owner's bug"):
+            self.drive(lambda: False)
+        self.assertEqual(errors, [])
+
+    def test_without_on_error_run_raises_and_reaps_the_command(self):
+        pid_file = self.pid_file(b"sleep")
+
+        def add(capture, data):
+            raise RuntimeError("planted")
+        argv = ["/bin/sh", "-c", 'echo $$ > "$1"; echo out; exec sleep 30', "sh", pid_file]
+        with mock.patch.object(executor._Capture, "add", add):
+            with self.assertRaisesRegex(RuntimeError, "planted"):
+                executor.run(argv, timeout=SAFETY_TIMEOUT_SECONDS)
+        self.assertProcessGone(read_pid(pid_file))
+
+
+@unittest.skipUnless(os.path.isdir("/proc/self"), "needs /proc")
+class OrphanReapingTest(LoopTestCase):
+    """reap_orphans() reaps exited children that are not commands; it is what the
+    server runs every second as PID 1."""
+
+    def wait_for_zombie(self, pid):
+        deadline = time.monotonic() + DEATH_WAIT_SECONDS
+        while _process_state(pid) != "Z":
+            if time.monotonic() >= deadline:
+                self.fail("process %d did not become a zombie" % pid)
+            time.sleep(0.01)
+
+    def test_reaps_an_exited_child_that_is_not_a_command_and_leaves_commands_alone(self):
+        orphan = os.spawnv(os.P_NOWAIT, "/bin/sh", ["sh", "-c", "exit 5"])
+        self.addCleanup(lambda: _is_gone(orphan) or os.kill(orphan, signal.SIGKILL))
+        pid_file = os.path.join(self.make_temp_dir(), "pid")
+        command, outcomes = self.start(
+            ["/bin/sh", "-c", 'echo $$ > "$1"; exit 7', "sh", pid_file])
+        command_pid = self.wait_for_pid(pid_file)
+        # Both are zombies now: the loop has not run, so the command is not reaped yet.
+        self.wait_for_zombie(orphan)
+        self.wait_for_zombie(command_pid)
+        reaped = executor.reap_orphans()
+        self.assertIn(orphan, reaped)
+        self.assertNotIn(command_pid, reaped)
+        self.assertProcessGone(orphan)
+        self.drive(lambda: outcomes)
+        self.assertEqual(outcomes[0].exit_code, 7, "the command's exit status was stolen")
+        self.assertNotIn(command_pid, executor._commands)
+
+    def test_the_periodic_reaper_reaps_on_the_loop(self):
+        orphan = os.spawnv(os.P_NOWAIT, "/bin/true", ["true"])
+        self.addCleanup(lambda: _is_gone(orphan) or os.kill(orphan, signal.SIGKILL))
+        executor.reap_orphans_every(self.loop, 0.05)
+        self.drive(lambda: _process_state(orphan) is None, limit=10.0)
+        self.assertProcessGone(orphan)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,11 @@ import socket
 import threading
 import time
 import unittest
+from unittest import mock
 
 from tests import support
 
+from uscmdrelay import executor  # noqa: E402
 from uscmdrelay.config import Command, load_config  # noqa: E402
 from uscmdrelay.server import Options, RelayServer  # noqa: E402
 
@@ -37,6 +39,55 @@ class InternalErrorTest(unittest.TestCase):
         self.assertNotIn(support.KEY, "\n".join(logs.output))
         self.assertEqual(support.request(self.port, command="echo",
                                          arguments=["still here"])["message"], "still here")
+
+
+ONCE_RELAYS = """\
+[default]
+once = /bin/true
+once.max_running = 1
+"""
+
+
+def _waitpid_fails(child):
+    raise ChildProcessError(10, "No child processes")
+
+
+def _outcome_fails(*args):
+    raise RuntimeError("planted fault building the outcome")
+
+
+class CommandFailureTest(unittest.TestCase):
+    """A fault planted where the server watches a running command or builds its outcome:
+    the client still gets 9999, and the command's max_running count and the connection's
+    slot are released. waitpid() failing with ECHILD is what an ignored SIGCHLD did."""
+
+    def setUp(self):
+        directory = support.make_config_dir(self, relays=ONCE_RELAYS)
+        options = Options(host="127.0.0.1", port=0, max_connections=1)
+        self.server = RelayServer(load_config(directory), options)
+        thread = threading.Thread(target=self.server.serve_forever)
+        thread.start()
+        self.addCleanup(self.server.server_close)
+        self.addCleanup(thread.join, 30)
+        self.addCleanup(self.server.shutdown)
+        self.port = self.server.address[1]
+
+    def test_a_fault_in_the_command_finished_path_answers_9999_and_releases_everything(self):
+        for target, name, fault in ((executor._Child, "poll", _waitpid_fails),
+                                    (executor, "Outcome", _outcome_fails)):
+            with self.subTest(fault=name):
+                with mock.patch.object(target, name, fault):
+                    with self.assertLogs("uscmdrelay", "ERROR") as logs:
+                        reply = support.request(self.port, command="once", timeout=15)
+                self.assertEqual(reply, {"status": "error", "code": 9999,
+                                         "message": "internal server error"})
+                text = "\n".join(logs.output)
+                self.assertIn("Traceback", text)
+                self.assertIn("internal error while serving 127.0.0.1:", text)
+                # once.max_running = 1 and --max-connections 1: a count or a slot kept
+                # by the failed run would refuse this one with 3005 or 3004.
+                reply = support.request(self.port, command="once", timeout=15)
+                self.assertEqual((reply["code"], reply["exit_code"]), (0, 0), reply)
 
 
 def _cpu_seconds(pid):

@@ -28,6 +28,7 @@ from tests.support import (FIXTURES, KEY, OTHER_KEY, REPLY_TIMEOUT, ServerProces
 
 REPORT = os.path.join(FIXTURES, "report_environment.py")
 SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")
+UNSHARE = shutil.which("unshare")
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 SAMPLES = os.path.join(support.ROOT, "samples")
 WAIT_SECONDS = 15.0
@@ -502,6 +503,162 @@ class LifecycleTest(ServiceTestCase):
         server.process.send_signal(signal.SIGHUP)
         wait_for_log(server, r"configuration reloaded", start)
         self.assertEqual(request(server.port, command="which")["stdout"], "two\n")
+
+
+class InheritedSignalsTest(ServiceTestCase):
+    """A parent's SIG_IGN dispositions and signal mask survive exec: the server must undo
+    what would break it."""
+
+    def start_wrapped(self, setup):
+        server = ServerProcess(self.config_dir(), program=self.program,
+                               wrapper=python_wrapper(setup))
+        self.addCleanup(server.stop)
+        return server
+
+    def assert_stops_cleanly(self, server):
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            status = server.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.fail("SIGTERM did not stop the server:\n" + server.log_text())
+        self.assertEqual(status, 0, server.log_text())
+        self.assertNotIn("Traceback", server.log_text())
+        self.assertRegex(server.log_text(), r"stopped: \d+ requests served")
+
+    def test_sigchld_ignored_by_the_parent_commands_still_finish_and_sigterm_stops(self):
+        # With SIGCHLD ignored the kernel reaps the children itself: waitpid() fails.
+        server = self.start_wrapped("signal.signal(signal.SIGCHLD, signal.SIG_IGN)")
+        reply = request(server.port, command="true", timeout=10)
+        self.assertEqual((reply["code"], reply["exit_code"]), (0, 0), reply)
+        reply = request(server.port, command="fail", timeout=10)
+        self.assertEqual((reply["code"], reply["exit_code"]), (3001, 3), reply)
+        self.assert_stops_cleanly(server)
+
+    def test_sigterm_and_sighup_blocked_by_the_parent_still_reach_the_server(self):
+        server = self.start_wrapped(
+            "signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM, signal.SIGHUP])")
+        self.assertEqual(request(server.port, command="true", timeout=10)["code"], 0)
+        start = len(server.log_text())
+        server.process.send_signal(signal.SIGHUP)
+        wait_for_log(server, r"configuration reloaded", start)
+        self.assert_stops_cleanly(server)
+
+
+@unittest.skipUnless(hasattr(os, "mkfifo") and os.path.isdir("/proc/self"),
+                     "needs FIFOs and /proc")
+class EarlySignalTest(ServiceTestCase):
+    """A signal that comes while the server is starting: SIGHUP's and SIGTERM's default
+    action would end the process. To hold the server at a known point of its start, its
+    --log is a FIFO: opening it, the first thing the server does, blocks until a reader
+    comes."""
+
+    BLOCKED_ON_FIFO = ("wait_for_partner", "fifo_open", "pipe_wait")
+
+    def start_held(self):
+        directory = self.config_dir()
+        fifo = os.path.join(directory, "log.fifo")
+        os.mkfifo(fifo)
+        self.stderr_path = os.path.join(directory, "stderr.log")
+        argv = support.command(self.program) + [
+            "--config-dir", directory, "--host", "127.0.0.1", "--port", "0", "--log", fifo]
+        with open(self.stderr_path, "wb") as stderr:
+            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stderr,
+                                       stderr=stderr,
+                                       env=support.environment(self.program))
+        self.addCleanup(stop_process, process)
+        started = time.monotonic()
+
+        def held():
+            if process.poll() is not None:
+                raise AssertionError("exited with %s before opening its log:\n%s" % (
+                    process.returncode, read_file(self.stderr_path)))
+            wchan = (read_file("/proc/%d/wchan" % process.pid) or "").strip()
+            if wchan in self.BLOCKED_ON_FIFO:
+                return True
+            # A kernel that hides wchan: asleep, and long after the interpreter started.
+            return (time.monotonic() - started > 3.0
+                    and (process_state(process.pid) or ("?",))[0] == "S")
+        wait_until(held, "the server to block opening its log FIFO")
+        return process, fifo
+
+    def release(self, process, fifo):
+        """Lets the held server open its log; returns a function that reads the log."""
+        # Read-write: opening never blocks, and never sees an EOF.
+        fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+        self.addCleanup(os.close, fd)
+        self.addCleanup(stop_process, process)  # before the FIFO loses its reader
+        chunks = []
+
+        def log_text():
+            while True:
+                try:
+                    data = os.read(fd, 65536)
+                except BlockingIOError:
+                    break
+                chunks.append(data)
+            return b"".join(chunks).decode("utf-8", "replace")
+        return log_text
+
+    def wait_for(self, process, log_text, pattern):
+        def seen():
+            match = re.search(pattern, log_text())
+            if match is None and process.poll() is not None:
+                raise AssertionError("exited with %s; log:\n%s\nstderr:\n%s" % (
+                    process.returncode, log_text(), read_file(self.stderr_path)))
+            return match
+        return wait_until(seen, repr(pattern))
+
+    def test_sighup_while_starting_is_kept_and_the_server_serves(self):
+        process, fifo = self.start_held()
+        process.send_signal(signal.SIGHUP)
+        log_text = self.release(process, fifo)
+        port = int(self.wait_for(process, log_text, support.LISTENING).group(2))
+        self.assertEqual(request(port, command="which")["stdout"], "one\n")
+        # The reload asked for is done, once the server runs.
+        self.wait_for(process, log_text, r"configuration reloaded")
+        process.send_signal(signal.SIGTERM)
+        self.assertEqual(process.wait(20), 0, log_text())
+
+    def test_sigterm_while_starting_stops_cleanly_with_exit_0(self):
+        process, fifo = self.start_held()
+        process.send_signal(signal.SIGTERM)
+        log_text = self.release(process, fifo)
+        self.assertEqual(process.wait(20), 0, read_file(self.stderr_path))
+        self.assertRegex(log_text(), r"stopped: 0 requests served")
+        self.assertNotIn("Traceback", log_text() + read_file(self.stderr_path))
+
+
+@unittest.skipUnless(os.path.isdir("/proc/self"), "needs /proc")
+class Pid1Test(ServiceTestCase):
+    """As PID 1 (a container's init) orphans become the server's children."""
+
+    def setUp(self):
+        if not unshare_works():
+            self.skipTest("cannot run a process as PID 1 of a new namespace here "
+                          "(unshare --pid --mount-proc needs root or user namespaces)")
+
+    def test_as_pid_1_orphans_left_by_commands_are_reaped_and_statuses_kept(self):
+        server = ServerProcess(self.config_dir(ORPHAN_RELAYS), program=self.program,
+                               wrapper=[UNSHARE, "--fork", "--pid", "--mount-proc",
+                                        "--kill-child"])
+        self.addCleanup(server.stop)
+        # The server runs under unshare; outside its namespace it has an ordinary pid.
+        pid = wait_until(lambda: children(server.process.pid), "the server")[0][0]
+        for _ in range(3):
+            self.assertEqual(request(server.port, command="orphan")["code"], 0)
+        orphans = children(pid)
+        self.assertGreaterEqual(len(orphans), 3, "the sleeps were not left to the server")
+        for _ in range(10):
+            reply = request(server.port, command="fail")
+            self.assertEqual((reply["code"], reply["exit_code"]), (3001, 3), reply)
+        # The sleeps exit after 2 s; a zombie left unreaped shows as a child in state Z.
+        try:
+            wait_until(lambda: not children(pid), "the orphans to be reaped", 20)
+        except AssertionError:
+            self.fail("left unreaped: %r" % children(pid))
+        os.kill(pid, signal.SIGTERM)
+        self.assertEqual(server.process.wait(20), 0, server.log_text())
+        self.assertNotIn("Traceback", server.log_text())
 
 
 class SourceLifecycleTest(ServiceTestCase):

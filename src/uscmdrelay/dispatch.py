@@ -51,6 +51,9 @@ class Dispatcher(object):
         hidden = systemd.SERVICE_VARIABLES + (KEY_VARIABLE,)
         self._base_env = dict((name, value) for name, value in os.environ.items()
                               if name not in hidden)
+        if os.getpid() == 1:
+            # A container's init: orphans become our children, and must be reaped.
+            executor.reap_orphans_every(loop)
         self._running = {}  # "cluster::name" -> runs in progress, for max_running
         self._jobs = set()
         self._stopping = False
@@ -127,7 +130,8 @@ class Dispatcher(object):
         try:
             job.run = executor.Run(self._loop, argv, functools.partial(self._finished, job),
                                    self._timeout(command) or None, self.options.max_output,
-                                   env=env, cwd=policy.cwd)
+                                   env=env, cwd=policy.cwd,
+                                   on_error=functools.partial(self._failed, job))
         except BaseException:
             self._end_run(command)
             raise
@@ -140,11 +144,21 @@ class Dispatcher(object):
         try:
             code, reply = _reply_for(outcome, self._timeout(job.command), self._stopping)
         except Exception:
-            log.exception("internal error while serving %s %s",
-                          format_address(job.address), job.request.command)
-            code, reply = INTERNAL_ERROR, error_reply(INTERNAL_ERROR)
+            self._failed(job)
+            return
         self._answer(job.sock, job.address, job.grant, job.request, code, reply, outcome,
                      job.gone)
+
+    def _failed(self, job):
+        """Running the command of `job` failed unexpectedly (called inside the except
+        block): log the traceback, release what it held, answer 9999."""
+        log.exception("internal error while serving %s %s", format_address(job.address),
+                      job.request.command)
+        if job in self._jobs:
+            self._jobs.discard(job)
+            self._end_run(job.command)
+        self._answer(job.sock, job.address, job.grant, job.request, INTERNAL_ERROR,
+                     error_reply(INTERNAL_ERROR), gone=job.gone)
 
     def _answer(self, sock, address, grant, request, code, reply, outcome=None,
                 gone=False):

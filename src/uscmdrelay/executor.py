@@ -27,6 +27,9 @@ EXIT_DRAIN_SECONDS = 0.5
 STATUS_POLL_SECONDS = 0.05
 READ_BYTES = 65536
 SHELL = "/bin/sh"
+# As PID 1 (a container's init), how often the exited orphans the kernel hands us are
+# looked for and reaped.
+ORPHAN_REAP_SECONDS = 1.0
 
 
 class Outcome(object):
@@ -98,13 +101,20 @@ class Run(object):
     none) ends the whole process group: SIGTERM, then SIGKILL after TERM_GRACE_SECONDS;
     `cancel()` does the same at once. Output past `max_output` bytes per stream is read
     and dropped.
+
+    If watching the command raises (a bug, or waitpid() failing), the command's group is
+    killed and reaped and `on_error()` is called instead of `on_done`, inside the except
+    block so it can log the traceback; without `on_error` the exception propagates.
+    Either way exactly one of them is called.
     """
 
     def __init__(self, loop, argv, on_done, timeout=None, max_output=1048576, env=None,
-                 cwd=None):
+                 cwd=None, on_error=None):
         self.started = time.monotonic()
         self._loop = loop
         self._on_done = on_done
+        self._on_error = on_error
+        self._reported = False  # on_done or on_error has been called
         self._stdout = _Capture(max_output)
         self._stderr = _Capture(max_output)
         self._open_pipes = {}
@@ -139,7 +149,11 @@ class Run(object):
     def cancel(self):
         """Ends the command's process group as a timeout would (the server stops)."""
         if not self.done and self._exited_at is None and not self.timed_out:
-            self._terminate(time.monotonic())
+            try:
+                self._terminate(time.monotonic())
+            except Exception:
+                self._failed()
+                return
             self._advance()
 
     def abort(self):
@@ -149,18 +163,21 @@ class Run(object):
             self._let_go()
             if self._child.returncode is None:
                 _signal_group(self._child.pid, signal.SIGKILL)
-                self._child.wait()
+                _wait_quietly(self._child)
 
     def _read(self, fd):
         try:
             data = os.read(fd, READ_BYTES)
+            if data:
+                self._open_pipes[fd].add(data)
+                return
+            self._loop.unwatch(fd)
+            del self._open_pipes[fd]
         except (BlockingIOError, InterruptedError):
             return
-        if data:
-            self._open_pipes[fd].add(data)
+        except Exception:
+            self._failed()
             return
-        self._loop.unwatch(fd)
-        del self._open_pipes[fd]
         self._advance()
 
     def _exit_seen(self, fd):
@@ -171,6 +188,32 @@ class Run(object):
 
     def _advance(self):
         """Looks at the command's state and acts on it; the one place decisions happen."""
+        try:
+            self._look()
+        except Exception:
+            self._failed()
+
+    def _failed(self):
+        """Watching the command raised (called inside the except block): kills and reaps
+        what is left and reports it to `on_error`. An exception from `on_done` or
+        `on_error` themselves, or one with no `on_error` to go to, propagates."""
+        if self._reported or self._on_error is None:
+            raise
+        self._reported = True
+        self.done = True
+        try:
+            self._let_go()
+        except Exception:
+            pass  # the error being reported is the one that matters
+        if self._child.returncode is None:
+            try:
+                _signal_group(self._child.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            _wait_quietly(self._child)
+        self._on_error()
+
+    def _look(self):
         if self.done:
             return
         now = time.monotonic()
@@ -226,9 +269,11 @@ class Run(object):
             # The command is gone; whatever of its group ignored SIGTERM goes now.
             _signal_group(self._child.pid, signal.SIGKILL)
         stdout, stderr = self._stdout, self._stderr
-        self._on_done(Outcome(self._child.returncode, stdout.value(), stderr.value(),
-                              bool(stdout.dropped or stderr.dropped), self.timed_out,
-                              round((time.monotonic() - self.started) * 1000.0, 1)))
+        outcome = Outcome(self._child.returncode, stdout.value(), stderr.value(),
+                          bool(stdout.dropped or stderr.dropped), self.timed_out,
+                          round((time.monotonic() - self.started) * 1000.0, 1))
+        self._reported = True
+        self._on_done(outcome)
 
     def _let_go(self):
         """Stops watching and closes our descriptors."""
@@ -246,6 +291,14 @@ class Run(object):
 
 def _earlier(when, other):
     return other if when is None else min(when, other)
+
+
+def _wait_quietly(child):
+    """Reaps `child` after SIGKILL; a child reaped behind our back (ECHILD) is fine."""
+    try:
+        child.wait()
+    except ChildProcessError:
+        _commands.discard(child.pid)
 
 
 def _exit_descriptor(pid):
@@ -283,6 +336,10 @@ def run(argv, timeout=None, max_output=1048576, env=None, cwd=None, cancel=None)
     return outcomes[0]
 
 
+# The pids of the commands started and not reaped yet: reap_orphans() leaves them alone.
+_commands = set()
+
+
 class _Child(object):
     """A started command: its `pid`, the read ends of its stdout and stderr pipes, and
     its `returncode` once reaped (negative: killed by that signal)."""
@@ -295,6 +352,7 @@ class _Child(object):
         self.stderr_fd = stderr_fd
         self.returncode = None
         self._popen = popen
+        _commands.add(pid)
 
     def poll(self):
         """Reaps the child if it has exited; returns its returncode or None."""
@@ -305,6 +363,8 @@ class _Child(object):
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
                 if pid:
                     self.returncode = _exit_code(status)
+            if self.returncode is not None:
+                _commands.discard(self.pid)
         return self.returncode
 
     def wait(self):
@@ -312,6 +372,7 @@ class _Child(object):
             self.returncode = self._popen.wait()
         elif self.returncode is None:
             self.returncode = _exit_code(os.waitpid(self.pid, 0)[1])
+        _commands.discard(self.pid)
         return self.returncode
 
     def close(self):
@@ -326,6 +387,59 @@ class _Child(object):
 
 def _exit_code(status):
     return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
+def reap_orphans():
+    """Reaps the exited children of this process that are not commands it runs; returns
+    their pids.
+
+    As PID 1 (a container's init) the kernel makes us the parent of every orphan, such
+    as what a command left in the background; nobody else would reap them, and each
+    would stay a zombie. waitpid(-1) would also steal our own commands' exit statuses,
+    so each zombie child is found in /proc and only one that is not a command is reaped
+    (a zombie's pid cannot be reused until it is reaped). Call it from the thread that
+    starts commands. Without /proc (not Linux) it reaps nothing.
+    """
+    me = os.getpid()
+    reaped = []
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return reaped
+    for name in names:
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        if pid in _commands or pid == me:
+            continue
+        try:
+            fd = os.open("/proc/%s/stat" % name, os.O_RDONLY)
+            try:
+                text = os.read(fd, 1024)
+            finally:
+                os.close(fd)
+        except OSError:
+            continue  # gone meanwhile
+        # The command name in parentheses may hold spaces and parentheses itself.
+        fields = text.rsplit(b")", 1)[-1].split()
+        if len(fields) < 2 or fields[0] != b"Z" or fields[1] != str(me).encode():
+            continue
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                reaped.append(pid)
+        except ChildProcessError:
+            pass
+    return reaped
+
+
+def reap_orphans_every(loop, seconds=ORPHAN_REAP_SECONDS):
+    """Runs reap_orphans() on `loop` every `seconds`, for as long as the loop runs."""
+    def reap():
+        try:
+            reap_orphans()
+        finally:
+            loop.call_at(time.monotonic() + seconds, reap)
+    loop.call_at(time.monotonic() + seconds, reap)
 
 
 # How a command starts. os.posix_spawn (3.8+) costs the parent a fraction of Popen's

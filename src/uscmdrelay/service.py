@@ -23,6 +23,10 @@ EXIT_CONFIG = 2
 
 def serve(args):
     """Starts the server for the parsed command line; returns the exit status."""
+    # First of all: a SIGHUP or SIGTERM that arrives while the configuration loads must
+    # be kept for the server, not end the process (their default action).
+    signals = _Signals()
+    signals.install()
     try:
         _setup_logging(args.log, args.log_level)
     except OSError as error:
@@ -65,7 +69,7 @@ def serve(args):
         _fail("uscmdrelay: %s" % error, args.log)
         return EXIT_STARTUP
     try:
-        _install_signal_handlers(server)
+        signals.attach(server)
         for host, port in server.addresses:
             log.info("uscmdrelay %s listening on %s port %s%s (config %s: %d keys, "
                      "%d clusters, %d commands)", __version__, host, port,
@@ -116,13 +120,47 @@ def _setup_logging(log_file, level):
     log.propagate = False
 
 
-def _install_signal_handlers(server):
-    # The handlers only ask the loop to act; the loop does the work (gunicorn's arbiter).
-    def stop(signum, frame):
-        server.shutdown()
+class _Signals(object):
+    """SIGTERM and SIGINT stop the server, SIGHUP reloads it.
 
-    def reload(signum, frame):
-        server.reload()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, stop)
-    signal.signal(signal.SIGHUP, reload)
+    The handlers only record the signal and ask the loop to act (gunicorn's arbiter).
+    They are installed before anything else, and a signal that comes before the server
+    exists is kept and handed to it by `attach`.
+    """
+
+    def __init__(self):
+        self.server = None
+        self.stop_requested = False
+        self.reload_requested = False
+
+    def install(self):
+        """Installs the handlers and undoes what the parent may have left us: signal
+        dispositions set to SIG_IGN and the signal mask survive exec."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self.handle_stop)
+        signal.signal(signal.SIGHUP, self.handle_reload)
+        # An ignored SIGCHLD makes the kernel reap our commands itself: waitpid() fails
+        # with ECHILD and no command could ever finish. (SIGPIPE Python ignores itself;
+        # commands get it back at its default.)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        # A blocked SIGTERM would never stop us. Unblocked after the handlers are in,
+        # so a signal pending meanwhile reaches them.
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+    def attach(self, server):
+        """From now on the signals go to `server`, with any that came before."""
+        self.server = server
+        if self.reload_requested:
+            server.reload()
+        if self.stop_requested:
+            server.shutdown()
+
+    def handle_stop(self, signum, frame):
+        self.stop_requested = True
+        if self.server is not None:
+            self.server.shutdown()
+
+    def handle_reload(self, signum, frame):
+        self.reload_requested = True
+        if self.server is not None:
+            self.server.reload()
