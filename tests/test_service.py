@@ -544,74 +544,74 @@ class InheritedSignalsTest(ServiceTestCase):
         self.assert_stops_cleanly(server)
 
 
-@unittest.skipUnless(hasattr(os, "mkfifo") and os.path.isdir("/proc/self"),
-                     "needs FIFOs and /proc")
+@unittest.skipUnless(os.path.isdir("/proc/self"), "needs /proc")
 class EarlySignalTest(ServiceTestCase):
     """A signal that comes while the server is starting: SIGHUP's and SIGTERM's default
     action would end the process. To hold the server at a known point of its start, its
-    --log is a FIFO: opening it, the first thing the server does, blocks until a reader
-    comes."""
+    stderr is a pipe the test has filled: the first log line (a config warning, written
+    before the port is bound) blocks until the test reads."""
 
-    BLOCKED_ON_FIFO = ("wait_for_partner", "fifo_open", "pipe_wait")
+    BLOCKED_WRITING = ("pipe_write", "anon_pipe_write", "pipe_wait")
 
     def start_held(self):
-        directory = self.config_dir()
-        fifo = os.path.join(directory, "log.fifo")
-        os.mkfifo(fifo)
-        self.stderr_path = os.path.join(directory, "stderr.log")
+        read_fd, write_fd = os.pipe()
+        self.addCleanup(os.close, read_fd)
+        os.set_blocking(write_fd, False)
+        for size in (4096, 1):  # a write up to PIPE_BUF is all or nothing
+            try:
+                while True:
+                    os.write(write_fd, b"#" * size)
+            except BlockingIOError:
+                pass
+        os.set_blocking(write_fd, True)
         argv = support.command(self.program) + [
-            "--config-dir", directory, "--host", "127.0.0.1", "--port", "0", "--log", fifo]
-        with open(self.stderr_path, "wb") as stderr:
-            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stderr,
-                                       stderr=stderr,
+            "--config-dir", self.config_dir(), "--host", "127.0.0.1", "--port", "0"]
+        try:
+            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                       stdout=subprocess.DEVNULL, stderr=write_fd,
                                        env=support.environment(self.program))
-        self.addCleanup(stop_process, process)
+        finally:
+            os.close(write_fd)
+        self.addCleanup(stop_process, process)  # before the pipe loses its reader
         started = time.monotonic()
+        chunks = []
+
+        def log_text():
+            os.set_blocking(read_fd, False)
+            while True:
+                try:
+                    data = os.read(read_fd, 65536)
+                except BlockingIOError:
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            return b"".join(chunks).decode("utf-8", "replace").lstrip("#")
 
         def held():
             if process.poll() is not None:
-                raise AssertionError("exited with %s before opening its log:\n%s" % (
-                    process.returncode, read_file(self.stderr_path)))
+                raise AssertionError("exited with %s before logging" % process.returncode)
             wchan = (read_file("/proc/%d/wchan" % process.pid) or "").strip()
-            if wchan in self.BLOCKED_ON_FIFO:
+            if wchan in self.BLOCKED_WRITING:
                 return True
             # A kernel that hides wchan: asleep, and long after the interpreter started.
             return (time.monotonic() - started > 3.0
                     and (process_state(process.pid) or ("?",))[0] == "S")
-        wait_until(held, "the server to block opening its log FIFO")
-        return process, fifo
-
-    def release(self, process, fifo):
-        """Lets the held server open its log; returns a function that reads the log."""
-        # Read-write: opening never blocks, and never sees an EOF.
-        fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
-        self.addCleanup(os.close, fd)
-        self.addCleanup(stop_process, process)  # before the FIFO loses its reader
-        chunks = []
-
-        def log_text():
-            while True:
-                try:
-                    data = os.read(fd, 65536)
-                except BlockingIOError:
-                    break
-                chunks.append(data)
-            return b"".join(chunks).decode("utf-8", "replace")
-        return log_text
+        wait_until(held, "the server to block writing its first log line")
+        return process, log_text
 
     def wait_for(self, process, log_text, pattern):
         def seen():
             match = re.search(pattern, log_text())
             if match is None and process.poll() is not None:
-                raise AssertionError("exited with %s; log:\n%s\nstderr:\n%s" % (
-                    process.returncode, log_text(), read_file(self.stderr_path)))
+                raise AssertionError("exited with %s; log:\n%s" % (process.returncode,
+                                                                    log_text()))
             return match
         return wait_until(seen, repr(pattern))
 
     def test_sighup_while_starting_is_kept_and_the_server_serves(self):
-        process, fifo = self.start_held()
+        process, log_text = self.start_held()
         process.send_signal(signal.SIGHUP)
-        log_text = self.release(process, fifo)
         port = int(self.wait_for(process, log_text, support.LISTENING).group(2))
         self.assertEqual(request(port, command="which")["stdout"], "one\n")
         # The reload asked for is done, once the server runs.
@@ -620,12 +620,11 @@ class EarlySignalTest(ServiceTestCase):
         self.assertEqual(process.wait(20), 0, log_text())
 
     def test_sigterm_while_starting_stops_cleanly_with_exit_0(self):
-        process, fifo = self.start_held()
+        process, log_text = self.start_held()
         process.send_signal(signal.SIGTERM)
-        log_text = self.release(process, fifo)
-        self.assertEqual(process.wait(20), 0, read_file(self.stderr_path))
-        self.assertRegex(log_text(), r"stopped: 0 requests served")
-        self.assertNotIn("Traceback", log_text() + read_file(self.stderr_path))
+        self.wait_for(process, log_text, r"stopped: 0 requests served")
+        self.assertEqual(process.wait(20), 0, log_text())
+        self.assertNotIn("Traceback", log_text())
 
 
 @unittest.skipUnless(os.path.isdir("/proc/self"), "needs /proc")
