@@ -75,9 +75,11 @@ TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 QUIET_RELAYS = """\
 [default]
 true = /bin/true
+true.max_args = 0
 
 [ops]
 true = /bin/true
+true.max_args = 0
 """
 
 # `orphan` leaves a `sleep 2` behind and exits: the sleep is orphaned.
@@ -125,10 +127,12 @@ def release(directory):
 
 
 def read_file(path):
+    """The text of `path`, or None if it is gone (a /proc entry whose process exited
+    between listing and reading: ENOENT, or ESRCH once opened)."""
     try:
         with open(path) as handle:
             return handle.read()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return None
 
 
