@@ -23,7 +23,7 @@ from tests import support
 if support.SRC not in sys.path:
     sys.path.insert(0, support.SRC)
 
-from uscmdrelay import executor  # noqa: E402
+from uscmdrelay import executor, spawn  # noqa: E402
 from uscmdrelay.config import Command  # noqa: E402
 from uscmdrelay.eventloop import Loop  # noqa: E402
 from uscmdrelay.protocol import COMMAND_NOT_STARTED, RelayError  # noqa: E402
@@ -682,7 +682,7 @@ class RunOnALoopTest(LoopTestCase):
         # waitpid() fails with ECHILD when the kernel reaps for us (SIGCHLD ignored).
         def poll(child):
             raise ChildProcessError(10, "No child processes")
-        with mock.patch.object(executor._Child, "poll", poll):
+        with mock.patch.object(spawn.Child, "poll", poll):
             command, outcomes, errors = self.start_failing(["/bin/sh", "-c", "exit 3"])
             self.drive(lambda: errors)
             self.loop.run_once(0.1)
@@ -736,44 +736,6 @@ class RunOnALoopTest(LoopTestCase):
             with self.assertRaisesRegex(RuntimeError, "planted"):
                 executor.run(argv, timeout=SAFETY_TIMEOUT_SECONDS)
         self.assertProcessGone(read_pid(pid_file))
-
-
-@unittest.skipUnless(os.path.isdir("/proc/self"), "needs /proc")
-class OrphanReapingTest(LoopTestCase):
-    """reap_orphans() reaps exited children that are not commands; it is what the
-    server runs every second as PID 1."""
-
-    def wait_for_zombie(self, pid):
-        deadline = time.monotonic() + DEATH_WAIT_SECONDS
-        while _process_state(pid) != "Z":
-            if time.monotonic() >= deadline:
-                self.fail("process %d did not become a zombie" % pid)
-            time.sleep(0.01)
-
-    def test_reaps_an_exited_child_that_is_not_a_command_and_leaves_commands_alone(self):
-        orphan = os.spawnv(os.P_NOWAIT, "/bin/sh", ["sh", "-c", "exit 5"])
-        self.addCleanup(lambda: _is_gone(orphan) or os.kill(orphan, signal.SIGKILL))
-        pid_file = os.path.join(self.make_temp_dir(), "pid")
-        command, outcomes = self.start(
-            ["/bin/sh", "-c", 'echo $$ > "$1"; exit 7', "sh", pid_file])
-        command_pid = self.wait_for_pid(pid_file)
-        # Both are zombies now: the loop has not run, so the command is not reaped yet.
-        self.wait_for_zombie(orphan)
-        self.wait_for_zombie(command_pid)
-        reaped = executor.reap_orphans()
-        self.assertIn(orphan, reaped)
-        self.assertNotIn(command_pid, reaped)
-        self.assertProcessGone(orphan)
-        self.drive(lambda: outcomes)
-        self.assertEqual(outcomes[0].exit_code, 7, "the command's exit status was stolen")
-        self.assertNotIn(command_pid, executor._commands)
-
-    def test_the_periodic_reaper_reaps_on_the_loop(self):
-        orphan = os.spawnv(os.P_NOWAIT, "/bin/true", ["true"])
-        self.addCleanup(lambda: _is_gone(orphan) or os.kill(orphan, signal.SIGKILL))
-        executor.reap_orphans_every(self.loop, 0.05)
-        self.drive(lambda: _process_state(orphan) is None, limit=10.0)
-        self.assertProcessGone(orphan)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,15 @@ from unittest import mock
 
 from tests import support
 
-from uscmdrelay import executor  # noqa: E402
+from uscmdrelay import executor, spawn  # noqa: E402
 from uscmdrelay.config import Command, load_config  # noqa: E402
 from uscmdrelay.server import Options, RelayServer  # noqa: E402
+
+
+def setUpModule():
+    # What service.serve() does before it builds the server: commands then start as in
+    # production (posix_spawn on Python 3.8+).
+    spawn.seal_descriptors()
 
 
 class InternalErrorTest(unittest.TestCase):
@@ -73,7 +79,7 @@ class CommandFailureTest(unittest.TestCase):
         self.port = self.server.address[1]
 
     def test_a_fault_in_the_command_finished_path_answers_9999_and_releases_everything(self):
-        for target, name, fault in ((executor._Child, "poll", _waitpid_fails),
+        for target, name, fault in ((spawn.Child, "poll", _waitpid_fails),
                                     (executor, "Outcome", _outcome_fails)):
             with self.subTest(fault=name):
                 with mock.patch.object(target, name, fault):

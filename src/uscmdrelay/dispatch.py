@@ -11,7 +11,7 @@ import json
 import logging
 import os
 
-from . import executor, systemd
+from . import executor, spawn, systemd
 from .auth import Refused, authorize
 from .protocol import (ALREADY_RUNNING, COMMAND_FAILED, COMMAND_TIMED_OUT, INTERNAL_ERROR,
                        KEY_VARIABLE, OK, RelayError, command_reply, error_reply, iter_reply,
@@ -53,7 +53,7 @@ class Dispatcher(object):
                               if name not in hidden)
         if os.getpid() == 1:
             # A container's init: orphans become our children, and must be reaped.
-            executor.reap_orphans_every(loop)
+            spawn.reap_orphans_every(loop)
         self._running = {}  # "cluster::name" -> runs in progress, for max_running
         self._jobs = set()
         self._stopping = False

@@ -126,8 +126,6 @@ class RelayServer(object):
             self._would_block += tls.WOULD_BLOCK
             self._want_read = tls.WOULD_BLOCK[0]
         self._listeners = listeners or [_listen(options.host, options.port)]
-        # From here on no command can inherit a descriptor we were started with.
-        executor.seal_descriptors()
         self._loop = Loop()
         # Each table is in deadline order, since its entries all get the same allowance.
         self._reading = collections.OrderedDict()    # sock -> _Client

@@ -9,7 +9,7 @@ import logging
 import signal
 import sys
 
-from . import __version__, systemd
+from . import __version__, spawn, systemd
 from .config import ConfigError, find_config_dir, load_config
 from .server import Options, RelayServer, StartupError
 
@@ -61,6 +61,9 @@ def serve(args):
     if listeners:
         log.info("using %d listening socket(s) passed by systemd; --host and --port are "
                  "ignored", len(listeners))
+    # From here on no command can inherit a descriptor we were started with (the systemd
+    # sockets included); commands may now start with posix_spawn.
+    spawn.seal_descriptors()
     try:
         server = RelayServer(config, options, listeners=listeners,
                              loader=lambda: load_config(directory, args.shell_exec),
