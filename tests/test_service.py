@@ -90,6 +90,31 @@ fail = sh -c "exit 3"
 """
 
 
+# Both report the signal masks the command has; the second starts with Popen (a cwd).
+STATUS_RELAYS = """\
+[default]
+status = cat /proc/self/status
+status-in-root = cat /proc/self/status
+status-in-root.cwd = /
+"""
+
+
+def signal_bits(*signums):
+    return sum(1 << (int(signum) - 1) for signum in signums)
+
+
+def signal_mask(status, field):
+    """A mask line of a /proc/PID/status text (SigIgn, SigBlk), as an int, without the
+    signals outside valid_signals() (glibc's own: its posix_spawn leaves them ignored)."""
+    valid = (signal.valid_signals() if hasattr(signal, "valid_signals")
+             else range(1, signal.NSIG))
+    for line in status.splitlines():
+        name, _, value = line.partition(":")
+        if name == field:
+            return int(value.strip(), 16) & signal_bits(*valid)
+    raise AssertionError("no %s in %r" % (field, status))
+
+
 def body(command, auth_key=KEY):
     return (json.dumps({"auth_key": auth_key, "command": command}) + "\n").encode("utf-8")
 
@@ -513,8 +538,8 @@ class InheritedSignalsTest(ServiceTestCase):
     """A parent's SIG_IGN dispositions and signal mask survive exec: the server must undo
     what would break it."""
 
-    def start_wrapped(self, setup):
-        server = ServerProcess(self.config_dir(), program=self.program,
+    def start_wrapped(self, setup, relays=RELAYS):
+        server = ServerProcess(self.config_dir(relays), program=self.program,
                                wrapper=python_wrapper(setup))
         self.addCleanup(server.stop)
         return server
@@ -536,6 +561,29 @@ class InheritedSignalsTest(ServiceTestCase):
         self.assertEqual((reply["code"], reply["exit_code"]), (0, 0), reply)
         reply = request(server.port, command="fail", timeout=10)
         self.assertEqual((reply["code"], reply["exit_code"]), (3001, 3), reply)
+        self.assert_stops_cleanly(server)
+
+    @unittest.skipUnless(os.path.isdir("/proc/self"), "needs /proc")
+    def test_signals_ignored_by_the_parent_are_at_their_defaults_in_the_server_and_commands(
+            self):
+        # SIG_IGN survives exec (nohup, a shell's `trap '' QUIT`, a background job of a
+        # script): reset at start-up, or every command would inherit it, whether it
+        # starts with posix_spawn or (with a cwd) with Popen.
+        ignored = (signal.SIGQUIT, signal.SIGUSR1, signal.SIGALRM, signal.SIGTTOU,
+                   signal.SIGHUP, signal.SIGPIPE)
+        server = self.start_wrapped(
+            "for signum in (%s,): signal.signal(signum, signal.SIG_IGN)"
+            % ", ".join(str(int(signum)) for signum in ignored), relays=STATUS_RELAYS)
+        # Python itself ignores SIGPIPE and SIGXFSZ; nothing else stays ignored.
+        self.assertEqual(signal_mask(read_file("/proc/%d/status" % server.process.pid),
+                                     "SigIgn"),
+                         signal_bits(signal.SIGPIPE, signal.SIGXFSZ))
+        for command in ("status", "status-in-root"):
+            with self.subTest(command=command):
+                reply = request(server.port, command=command, timeout=10)
+                self.assertEqual(reply["code"], 0, reply)
+                self.assertEqual(signal_mask(reply["stdout"], "SigIgn"), 0)
+                self.assertEqual(signal_mask(reply["stdout"], "SigBlk"), 0)
         self.assert_stops_cleanly(server)
 
     def test_sigterm_and_sighup_blocked_by_the_parent_still_reach_the_server(self):

@@ -143,9 +143,9 @@ class _Signals(object):
             signal.signal(signum, self.handle_stop)
         signal.signal(signal.SIGHUP, self.handle_reload)
         # An ignored SIGCHLD makes the kernel reap our commands itself: waitpid() fails
-        # with ECHILD and no command could ever finish. (SIGPIPE Python ignores itself;
-        # commands get it back at its default.)
+        # with ECHILD and no command could ever finish.
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        _reset_ignored_signals()
         # A blocked SIGTERM would never stop us. Unblocked after the handlers are in,
         # so a signal pending meanwhile reaches them.
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
@@ -167,3 +167,38 @@ class _Signals(object):
         self.reload_requested = True
         if self.server is not None:
             self.server.reload()
+
+
+def _reset_ignored_signals():
+    """Resets to its default every signal our parent left ignored (daemon(7)): SIG_IGN
+    survives exec, so each command we start would inherit it too, whether posix_spawn or
+    Popen starts it. Those Python ignores itself (SIGPIPE, SIGXFSZ) stay ignored here;
+    `spawn` resets them in each command."""
+    for signum in _ignored_signals():
+        if signum not in spawn.DEFAULT_SIGNALS:
+            try:
+                signal.signal(signum, signal.SIG_DFL)
+            except (OSError, ValueError, RuntimeError):
+                pass  # not a signal this system lets us handle
+
+
+def _ignored_signals():
+    """The numbers of the signals this process ignores: /proc/self/status says (PyPy's
+    getsignal() does not see a disposition inherited at exec), else getsignal()."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("SigIgn:"):
+                    mask = int(line.split()[1], 16)
+                    return [signum for signum in range(1, signal.NSIG)
+                            if mask & (1 << (signum - 1))]
+    except (OSError, ValueError, IndexError):
+        pass
+    ignored = []
+    for signum in range(1, signal.NSIG):
+        try:
+            if signal.getsignal(signum) == signal.SIG_IGN:
+                ignored.append(signum)
+        except (OSError, ValueError):
+            pass
+    return ignored
