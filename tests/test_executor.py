@@ -269,6 +269,10 @@ class ChildIsolation(ExecutorTestCase):
         self.addCleanup(os.close, read_end)
         self.addCleanup(os.close, write_end)
         os.set_inheritable(write_end, True)
+        # As the service does at start-up with what it inherited. Without it, this must
+        # still hold on the Popen path (close_fds), but not on posix_spawn's, which an
+        # earlier test module may have switched on by sealing (tests/test_faults.py).
+        spawn.seal_descriptors()
         report = self.report()
         self.assertNotIn(listener.fileno(), report["fds"])
         self.assertNotIn(write_end, report["fds"])
