@@ -1,10 +1,11 @@
 """The TCP server: listeners, connections, limits, TLS handshakes, reload and shutdown.
 
 One thread runs an event loop (`eventloop`) that accepts connections, reads requests,
-runs their commands (`dispatch`, `executor`) and writes replies, none of it blocking: an
-idle or slow client costs a socket and nothing more, commands run concurrently, and a
-slow one never delays another client. Protocol decisions live in `protocol` and `auth`,
-process handling in `executor`.
+runs their commands (`dispatch`, `executor`) and writes replies (`replies`), none of it
+blocking: an idle or slow client costs a socket and nothing more, commands run
+concurrently, and a slow one never delays another client. Protocol decisions live in
+`protocol` and `auth`, process handling in `executor`, the count of connections against
+the limits in `slots`.
 """
 
 import collections
@@ -20,6 +21,8 @@ from .dispatch import Dispatcher, format_address
 from .eventloop import EVENT_READ, EVENT_WRITE, Loop
 from .protocol import (INTERNAL_ERROR, REQUEST_TIMEOUT, SERVER_BUSY, RelayError,
                        RequestReader, encode_reply, error_reply)
+from .replies import ReplyWriter
+from .slots import ConnectionSlots
 
 log = logging.getLogger("uscmdrelay")
 
@@ -31,10 +34,6 @@ ACCEPT_PAUSE_SECONDS = 0.1
 # after the executor's grace); this long past that the server exits whatever is left.
 SHUTDOWN_KILL_SECONDS = executor.TERM_GRACE_SECONDS + 3.0
 RECV_BYTES = 65536
-SEND_BYTES = 65536
-# After the reply, how long we wait for the client to close before we do. Closing a socket
-# with unread input makes the kernel send RST, which can destroy the reply in flight.
-LINGER_SECONDS = 1.0
 
 
 class Options(object):
@@ -79,31 +78,6 @@ class _Client(object):
         self.handshaking = handshaking
 
 
-class _Reply(object):
-    """A reply being written: the rest of its `pieces` (bytes), the `chunk` in flight
-    and the `deadline` for all of it."""
-
-    __slots__ = ("pieces", "chunk", "deadline", "close_notify_sent")
-
-    def __init__(self, pieces, deadline):
-        self.pieces = iter(pieces)
-        self.chunk = None
-        self.deadline = deadline
-        self.close_notify_sent = False
-
-    def next_chunk(self):
-        """The next SEND_BYTES or so of the reply, or None at its end. A chunk is kept
-        until it is all sent: a TLS write that would block must be retried as it was."""
-        parts = []
-        size = 0
-        for piece in self.pieces:
-            parts.append(piece)
-            size += len(piece)
-            if size >= SEND_BYTES:
-                break
-        return memoryview(b"".join(parts)) if size else None
-
-
 class RelayServer(object):
     """Serves `config` (a config.Config) with `options`.
 
@@ -120,23 +94,22 @@ class RelayServer(object):
         # With TLS every accepted socket is wrapped and handshakes inside the loop.
         self._tls = tls_context
         self._would_block = (BlockingIOError, InterruptedError)
-        self._want_read = ()  # what says a TLS write must wait for the socket to read
         if tls_context is not None:
             from . import tls
             self._would_block += tls.WOULD_BLOCK
-            self._want_read = tls.WOULD_BLOCK[0]
         self._listeners = listeners or [_listen(options.host, options.port)]
         self._loop = Loop()
-        # Each table is in deadline order, since its entries all get the same allowance.
-        self._reading = collections.OrderedDict()    # sock -> _Client
-        self._sending = collections.OrderedDict()    # sock -> _Reply
-        self._lingering = collections.OrderedDict()  # sock -> close deadline
+        # In deadline order, since its entries all get the same allowance.
+        self._reading = collections.OrderedDict()  # sock -> _Client
         self._waiting = {}  # sock -> address, while its command runs
         self._accept_paused_until = None
-        # The connections counted against --max-connections (from accept until their
-        # reply is written), with their client's address, and how many each address has.
-        self._slots = {}  # sock -> host
-        self._per_host = {}  # host -> connections in self._slots
+        # The connections counted against the limits, from accept until their reply is
+        # written: the writer releases each place when its connection stops counting.
+        self._slots = ConnectionSlots(options.max_connections,
+                                      options.max_connections_per_host)
+        # A slow reader gets --request-timeout to take its reply, as to send its request.
+        self._writer = ReplyWriter(self._loop, options.request_timeout,
+                                   options.max_connections, tls_context is not None)
         self._stopping = False
         self._draining_until = None
         self._commands_stopped = False
@@ -184,10 +157,7 @@ class RelayServer(object):
             self._dispatcher.abort_commands()
             for sock in list(self._reading):
                 self._close_reading(sock)
-            for sock in list(self._sending):
-                self._abandon_reply(sock)
-            for sock in list(self._lingering):
-                self._end_linger(sock)
+            self._writer.close_all()
         log.info("stopped: %d requests served, %d of them errors",
                  self._dispatcher.requests, self._dispatcher.errors)
 
@@ -221,7 +191,7 @@ class RelayServer(object):
                                        SERVER_BUSY)
                 self._close_reading(sock)
             elif not client.reader.received:
-                self._answer_from_loop(sock, client.address, RelayError(
+                self._refuse_request(sock, client.address, RelayError(
                     SERVER_BUSY, "server is shutting down"))
         in_flight = self.open_connections
         systemd.notify("STOPPING=1", "STATUS=stopping: %d requests in flight" % in_flight)
@@ -262,10 +232,9 @@ class RelayServer(object):
         deadlines = []
         if self._reading:
             deadlines.append(next(iter(self._reading.values())).deadline)
-        if self._sending:
-            deadlines.append(next(iter(self._sending.values())).deadline)
-        if self._lingering:
-            deadlines.append(next(iter(self._lingering.values())))
+        writing = self._writer.next_deadline()
+        if writing is not None:
+            deadlines.append(writing)
         if self._accept_paused_until is not None:
             deadlines.append(self._accept_paused_until)
         if self._draining_until is not None:
@@ -282,19 +251,10 @@ class RelayServer(object):
             sock, client = next(iter(self._reading.items()))
             if client.deadline > now:
                 break
-            self._answer_from_loop(sock, client.address, RelayError(
+            self._refuse_request(sock, client.address, RelayError(
                 REQUEST_TIMEOUT, "request not complete within %g s"
                 % self.options.request_timeout))
-        while self._sending:
-            sock, reply = next(iter(self._sending.items()))
-            if reply.deadline > now:
-                break
-            self._abandon_reply(sock)  # a client that does not read its reply loses it
-        while self._lingering:
-            sock, deadline = next(iter(self._lingering.items()))
-            if deadline > now:
-                break
-            self._end_linger(sock)
+        self._writer.expire(now)  # a client that does not read its reply loses it
         if self._accept_paused_until is not None and self._accept_paused_until <= now:
             self._accept_paused_until = None
             for listener in self._listeners:
@@ -305,7 +265,7 @@ class RelayServer(object):
             self._dispatcher.stop_commands()
             while self._reading:
                 sock, client = next(iter(self._reading.items()))
-                self._answer_from_loop(sock, client.address, RelayError(
+                self._refuse_request(sock, client.address, RelayError(
                     REQUEST_TIMEOUT, "request not complete when the server stopped"))
 
     def _callback_failed(self, fileobj):
@@ -314,11 +274,7 @@ class RelayServer(object):
         log.exception("internal error in the connection loop")
         if fileobj in self._reading:
             client = self._reading[fileobj]
-            self._answer_from_loop(fileobj, client.address, RelayError(INTERNAL_ERROR))
-        elif fileobj in self._sending:
-            self._abandon_reply(fileobj)
-        elif fileobj in self._lingering:
-            self._end_linger(fileobj)
+            self._refuse_request(fileobj, client.address, RelayError(INTERNAL_ERROR))
         elif fileobj in self._waiting:
             self._loop.unwatch(fileobj)  # stop watching; the reply still comes
         elif fileobj in self._listeners and self._accept_paused_until is None:
@@ -348,17 +304,9 @@ class RelayServer(object):
             # The reply is one write; with TLS, session tickets go out just before it,
             # and Nagle would hold the reply until the client's delayed ACK (~40 ms).
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if len(self._slots) >= self.options.max_connections:
-                self._refuse_busy(sock, address, "server busy: --max-connections (%d) "
-                                  "reached" % self.options.max_connections)
-                continue
-            host = _host_key(address)
-            per_host = self._per_host.get(host, 0)
-            limit = self.options.max_connections_per_host
-            if limit and per_host >= limit:
-                # One address must not take every place (sshd's PerSourceMaxStartups).
-                self._refuse_busy(sock, address, "server busy: --max-connections-per-host"
-                                  " (%d) reached for %s" % (limit, host))
+            refusal = self._slots.refusal(address)
+            if refusal is not None:
+                self._refuse_busy(sock, address, refusal)
                 continue
             callback = self._read
             if self._tls is not None:
@@ -370,8 +318,7 @@ class RelayServer(object):
                     sock.close()
                     continue
                 callback = self._handshake
-            self._slots[sock] = host
-            self._per_host[host] = per_host + 1
+            self._slots.take(sock, address)
             # The deadline covers a TLS handshake too: a slow one is a slow request.
             client = _Client(sock, address, RequestReader(self.options.max_request),
                              time.monotonic() + self.options.request_timeout, self.config,
@@ -408,7 +355,7 @@ class RelayServer(object):
             # A reply would need a handshake first, which is work a busy server refuses.
             sock.close()
             return
-        self._send(sock, [encode_reply(error_reply(error.code, error.message))])
+        self._send_error(sock, error)
 
     def _read(self, sock):
         client = self._reading[sock]
@@ -423,7 +370,7 @@ class RelayServer(object):
             try:
                 request = client.reader.feed(data) if data else client.reader.finish()
             except RelayError as error:
-                self._answer_from_loop(sock, client.address, error)
+                self._refuse_request(sock, client.address, error)
                 return
             if request is not None:
                 break
@@ -457,132 +404,34 @@ class RelayServer(object):
         address = self._waiting.pop(sock)
         self._loop.unwatch(sock)
         sock.close()
-        self._release(sock)
+        self._slots.release(sock)
         log.info("client=%s went away while its command runs (%s); its reply will be "
                  "dropped", format_address(address), reason)
         self._dispatcher.client_gone(sock)
 
-    def _answer_from_loop(self, sock, address, error):
+    def _refuse_request(self, sock, address, error):
         """Answers a request that failed before it was complete, then lets it go."""
         self._loop.unwatch(sock)
         del self._reading[sock]
         self._dispatcher.audit(logging.INFO, address, None, None, error.code)
-        self._send(sock, [encode_reply(error_reply(error.code, error.message))])
+        self._send_error(sock, error)
+
+    def _send_error(self, sock, error):
+        """Sends the reply to a RelayError and closes the connection."""
+        self._writer.send(sock, [encode_reply(error_reply(error.code, error.message))],
+                          self._slots.release)
 
     def _respond(self, sock, pieces):
         """Sends the reply to a request the dispatcher has answered."""
         if self._waiting.pop(sock, None) is not None:
             self._loop.unwatch(sock)
-        self._send(sock, pieces)
-
-    def _send(self, sock, pieces):
-        """Writes a reply (an iterable of bytes) as the client takes it, within
-        --request-timeout, then closes the connection without destroying the reply. A
-        counted connection frees its place then."""
-        reply = _Reply(pieces, time.monotonic() + self.options.request_timeout)
-        self._write(sock, reply, False)  # most replies fit in the socket's buffer
-
-    def _write_ready(self, sock):
-        self._write(sock, self._sending[sock], True)
-
-    def _write(self, sock, reply, waiting):
-        """Writes what the socket takes now; waits for it to take more (`waiting`: it
-        already does), or lets the connection linger once the reply is out."""
-        try:
-            while True:
-                if not reply.chunk:
-                    reply.chunk = reply.next_chunk()
-                    if reply.chunk is None:
-                        break
-                reply.chunk = reply.chunk[sock.send(reply.chunk):]
-            if self._tls is not None and not reply.close_notify_sent:
-                _send_close_notify(sock)
-                reply.close_notify_sent = True
-            sock.shutdown(socket.SHUT_WR)
-        except self._would_block as blocked:
-            events = EVENT_READ if isinstance(blocked, self._want_read) else EVENT_WRITE
-            if waiting:
-                self._loop.rewatch(sock, events, self._write_ready)
-            else:
-                self._sending[sock] = reply
-                self._loop.watch(sock, events, self._write_ready)
-            return
-        except OSError:
-            self._stop_sending(sock, reply, waiting)
-            sock.close()
-            return
-        self._stop_sending(sock, reply, waiting)
-        if len(self._lingering) >= self.options.max_connections:
-            sock.close()  # too many already: closing now beats running out of descriptors
-            return
-        self._lingering[sock] = time.monotonic() + LINGER_SECONDS
-        self._loop.watch(sock, EVENT_READ, self._linger_read)
-
-    def _stop_sending(self, sock, reply, waiting):
-        if waiting:
-            self._loop.unwatch(sock)
-            del self._sending[sock]
-        self._release(sock)
-
-    def _abandon_reply(self, sock):
-        self._loop.unwatch(sock)
-        del self._sending[sock]
-        self._release(sock)
-        sock.close()
-
-    def _linger_read(self, sock):
-        try:
-            data = sock.recv(RECV_BYTES)
-        except self._would_block:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._end_linger(sock)
-
-    def _end_linger(self, sock):
-        self._loop.unwatch(sock)
-        del self._lingering[sock]
-        sock.close()
+        self._writer.send(sock, pieces, self._slots.release)
 
     def _close_reading(self, sock):
         self._loop.unwatch(sock)
         del self._reading[sock]
         sock.close()
-        self._release(sock)
-
-    def _release(self, sock):
-        """Frees the place of `sock` (in --max-connections and its host's count); one
-        that holds none (refused, or freed already) is fine."""
-        host = self._slots.pop(sock, None)
-        if host is None:
-            return
-        count = self._per_host[host] - 1
-        if count:
-            self._per_host[host] = count
-        else:
-            del self._per_host[host]
-
-
-def _host_key(address):
-    """The client address that --max-connections-per-host counts: the IP address, all
-    ports together, an IPv4-mapped IPv6 address as the IPv4 one."""
-    host = address[0] if address else ""
-    if host.startswith("::ffff:") and "." in host:
-        return host[7:]
-    return host
-
-
-def _send_close_notify(sock):
-    """Sends TLS close_notify, so the client knows the reply is complete, not cut off.
-    The client's own close_notify is not waited for: lingering reads what comes."""
-    try:
-        sock.unwrap()
-    except OSError as error:
-        from . import tls
-        if isinstance(error, tls.WANT_WRITE):
-            raise  # not sent yet: try again when the socket takes more
-        # Want-read: ours is out and OpenSSL would wait for the client's.
+        self._slots.release(sock)
 
 
 def _listen(host, port):
