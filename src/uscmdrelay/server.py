@@ -4,12 +4,11 @@ One thread runs an event loop (`eventloop`) that accepts connections, reads requ
 runs their commands (`dispatch`, `executor`) and writes replies (`replies`), none of it
 blocking: an idle or slow client costs a socket and nothing more, commands run
 concurrently, and a slow one never delays another client. Protocol decisions live in
-`protocol` and `auth`, process handling in `executor`, the count of connections against
-the limits in `slots`.
+`protocol` and `auth`, process handling in `executor`, binding and accepting in
+`listeners`, the count of connections against the limits in `slots`.
 """
 
 import collections
-import errno
 import logging
 import os
 import socket
@@ -19,6 +18,8 @@ from . import executor, systemd
 from .config import ConfigError
 from .dispatch import Dispatcher, format_address
 from .eventloop import EVENT_READ, EVENT_WRITE, Loop
+# StartupError is what RelayServer() raises: callers import it from here.
+from .listeners import Listeners, StartupError, listen  # noqa: F401
 from .protocol import (INTERNAL_ERROR, REQUEST_TIMEOUT, SERVER_BUSY, RelayError,
                        RequestReader, encode_reply, error_reply)
 from .replies import ReplyWriter
@@ -26,10 +27,6 @@ from .slots import ConnectionSlots
 
 log = logging.getLogger("uscmdrelay")
 
-ACCEPTS_PER_WAKE = 64
-# When accept() fails for lack of file descriptors the listener stays readable; without
-# a pause the loop would spin at 100% CPU until a descriptor frees up.
-ACCEPT_PAUSE_SECONDS = 0.1
 # After --shutdown-timeout the commands still running are killed (SIGTERM, then SIGKILL
 # after the executor's grace); this long past that the server exits whatever is left.
 SHUTDOWN_KILL_SECONDS = executor.TERM_GRACE_SECONDS + 3.0
@@ -53,10 +50,6 @@ class Options(object):
         self.max_connections_per_host = max_connections_per_host
         self.shell_exec = shell_exec
         self.shutdown_timeout = shutdown_timeout
-
-
-class StartupError(Exception):
-    """The server could not start (for example: the port is in use)."""
 
 
 class _Client(object):
@@ -97,12 +90,12 @@ class RelayServer(object):
         if tls_context is not None:
             from . import tls
             self._would_block += tls.WOULD_BLOCK
-        self._listeners = listeners or [_listen(options.host, options.port)]
+        sockets = listeners or [listen(options.host, options.port)]
         self._loop = Loop()
+        self._listeners = Listeners(self._loop, sockets, self._accept)
         # In deadline order, since its entries all get the same allowance.
         self._reading = collections.OrderedDict()  # sock -> _Client
         self._waiting = {}  # sock -> address, while its command runs
-        self._accept_paused_until = None
         # The connections counted against the limits, from accept until their reply is
         # written: the writer releases each place when its connection stops counting.
         self._slots = ConnectionSlots(options.max_connections,
@@ -123,7 +116,7 @@ class RelayServer(object):
 
     @property
     def addresses(self):
-        return [_socket_name(sock) for sock in self._listeners]
+        return self._listeners.addresses
 
     @property
     def open_connections(self):
@@ -142,8 +135,7 @@ class RelayServer(object):
 
     def serve_forever(self):
         loop = self._loop
-        for listener in self._listeners:
-            loop.watch(listener, EVENT_READ, self._accept)
+        self._listeners.start()
         systemd.notify("READY=1", "MAINPID=%d" % os.getpid(), "STATUS=" + self._status())
         try:
             while not self._finished():
@@ -176,10 +168,7 @@ class RelayServer(object):
 
     def _begin_drain(self):
         """Stops accepting; the requests in flight get --shutdown-timeout to finish."""
-        for listener in self._listeners:
-            self._loop.unwatch(listener)
-            listener.close()
-        self._accept_paused_until = None
+        self._listeners.close()
         self._draining_until = time.monotonic() + self.options.shutdown_timeout
         # A connection that has sent nothing yet is not a request in flight: an idle
         # client or a port scanner must not hold `systemctl stop` for --request-timeout.
@@ -221,10 +210,9 @@ class RelayServer(object):
     def server_close(self):
         """Closes the listeners and the event loop."""
         try:
-            self._loop.close()
+            self._listeners.close()
         finally:
-            for listener in self._listeners:
-                listener.close()
+            self._loop.close()
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -235,8 +223,8 @@ class RelayServer(object):
         writing = self._writer.next_deadline()
         if writing is not None:
             deadlines.append(writing)
-        if self._accept_paused_until is not None:
-            deadlines.append(self._accept_paused_until)
+        if self._listeners.paused_until is not None:
+            deadlines.append(self._listeners.paused_until)
         if self._draining_until is not None:
             deadline = self._draining_until
             if self._commands_stopped:
@@ -255,10 +243,7 @@ class RelayServer(object):
                 REQUEST_TIMEOUT, "request not complete within %g s"
                 % self.options.request_timeout))
         self._writer.expire(now)  # a client that does not read its reply loses it
-        if self._accept_paused_until is not None and self._accept_paused_until <= now:
-            self._accept_paused_until = None
-            for listener in self._listeners:
-                self._loop.watch(listener, EVENT_READ, self._accept)
+        self._listeners.expire(now)
         if (self._draining_until is not None and now >= self._draining_until
                 and not self._commands_stopped):
             self._commands_stopped = True
@@ -277,54 +262,32 @@ class RelayServer(object):
             self._refuse_request(fileobj, client.address, RelayError(INTERNAL_ERROR))
         elif fileobj in self._waiting:
             self._loop.unwatch(fileobj)  # stop watching; the reply still comes
-        elif fileobj in self._listeners and self._accept_paused_until is None:
-            self._pause_accept()
+        elif fileobj in self._listeners:
+            self._listeners.pause()
 
-    def _pause_accept(self):
-        for listener in self._listeners:
-            self._loop.unwatch(listener)
-        self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE_SECONDS
-
-    def _accept(self, listener):
-        for _ in range(ACCEPTS_PER_WAKE):
+    def _accept(self, sock, address):
+        """Lets a connection in (its request is read next), or refuses it."""
+        refusal = self._slots.refusal(address)
+        if refusal is not None:
+            self._refuse_busy(sock, address, refusal)
+            return
+        callback = self._read
+        if self._tls is not None:
             try:
-                sock, address = listener.accept()
-            except (BlockingIOError, InterruptedError):
+                sock = self._tls.wrap_socket(sock, server_side=True,
+                                             do_handshake_on_connect=False)
+            except (OSError, ValueError) as error:
+                log.info("client=%s TLS failed: %s", format_address(address), error)
+                sock.close()
                 return
-            except ConnectionAbortedError:
-                continue
-            except OSError as error:
-                if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.warning("cannot accept connections: %s; pausing accept for %g s",
-                                error.strerror, ACCEPT_PAUSE_SECONDS)
-                    self._pause_accept()
-                    return
-                raise
-            sock.setblocking(False)
-            # The reply is one write; with TLS, session tickets go out just before it,
-            # and Nagle would hold the reply until the client's delayed ACK (~40 ms).
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            refusal = self._slots.refusal(address)
-            if refusal is not None:
-                self._refuse_busy(sock, address, refusal)
-                continue
-            callback = self._read
-            if self._tls is not None:
-                try:
-                    sock = self._tls.wrap_socket(sock, server_side=True,
-                                                 do_handshake_on_connect=False)
-                except (OSError, ValueError) as error:
-                    log.info("client=%s TLS failed: %s", format_address(address), error)
-                    sock.close()
-                    continue
-                callback = self._handshake
-            self._slots.take(sock, address)
-            # The deadline covers a TLS handshake too: a slow one is a slow request.
-            client = _Client(sock, address, RequestReader(self.options.max_request),
-                             time.monotonic() + self.options.request_timeout, self.config,
-                             self._tls is not None)
-            self._reading[sock] = client
-            self._loop.watch(sock, EVENT_READ, callback)
+            callback = self._handshake
+        self._slots.take(sock, address)
+        # The deadline covers a TLS handshake too: a slow one is a slow request.
+        client = _Client(sock, address, RequestReader(self.options.max_request),
+                         time.monotonic() + self.options.request_timeout, self.config,
+                         self._tls is not None)
+        self._reading[sock] = client
+        self._loop.watch(sock, EVENT_READ, callback)
 
     def _handshake(self, sock):
         """Advances a TLS handshake; once done, the connection is read like any other."""
@@ -432,36 +395,3 @@ class RelayServer(object):
         del self._reading[sock]
         sock.close()
         self._slots.release(sock)
-
-
-def _listen(host, port):
-    """Returns a listening, non-blocking socket; raises StartupError and leaks nothing."""
-    lookup = host or None
-    if lookup is not None and all(ord(char) < 128 for char in lookup):
-        # A text host goes through the IDNA codec, which costs ~1 ms of start-up to load;
-        # an ASCII name or address needs none of it.
-        lookup = lookup.encode("ascii")
-    try:
-        infos = socket.getaddrinfo(lookup, port, socket.AF_UNSPEC, socket.SOCK_STREAM,
-                                   0, socket.AI_PASSIVE)
-    except socket.gaierror as error:
-        raise StartupError("cannot listen on %s port %s: %s" % (host, port, error.strerror))
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(socket.SOMAXCONN)
-        sock.setblocking(False)
-    except OSError as error:
-        sock.close()
-        raise StartupError("cannot listen on %s port %s: %s"
-                           % (host, port, error.strerror or error))
-    return sock
-
-
-def _socket_name(sock):
-    name = sock.getsockname()
-    return name[:2] if isinstance(name, tuple) else (name, None)
-
-
