@@ -9,7 +9,7 @@ from unittest import mock
 
 from tests import support
 
-from uscmdrelay import executor, spawn  # noqa: E402
+from uscmdrelay import dispatch, executor, spawn  # noqa: E402
 from uscmdrelay.config import Command, load_config  # noqa: E402
 from uscmdrelay.server import Options, RelayServer  # noqa: E402
 
@@ -94,6 +94,44 @@ class CommandFailureTest(unittest.TestCase):
                 # by the failed run would refuse this one with 3005 or 3004.
                 reply = support.request(self.port, command="once", timeout=15)
                 self.assertEqual((reply["code"], reply["exit_code"]), (0, 0), reply)
+
+
+def _reply_fails(reply):
+    yield b'{"status": '
+    raise RuntimeError("planted fault writing the reply")
+
+
+class ReplyFailureTest(unittest.TestCase):
+    """A fault planted in the pieces of a reply, after its command ended: the connection
+    closes (its client sees the end, not a hang), its place in --max-connections is
+    freed, and the traceback is logged."""
+
+    def setUp(self):
+        directory = support.make_config_dir(self)
+        options = Options(host="127.0.0.1", port=0, max_connections=1)
+        self.server = RelayServer(load_config(directory), options)
+        thread = threading.Thread(target=self.server.serve_forever)
+        thread.start()
+        self.addCleanup(self.server.server_close)
+        self.addCleanup(thread.join, 30)
+        self.addCleanup(self.server.shutdown)
+        self.port = self.server.address[1]
+
+    def test_a_fault_writing_the_reply_closes_the_connection_and_frees_its_place(self):
+        with mock.patch.object(dispatch, "iter_reply", _reply_fails):
+            with self.assertLogs("uscmdrelay", "ERROR") as logs:
+                data = support.exchange(self.port, b'{"auth_key": "%s", "command": '
+                                        b'"true"}\n' % support.KEY.encode(), timeout=15)
+                deadline = time.monotonic() + 15
+                while ("planted fault" not in "\n".join(logs.output)
+                       and time.monotonic() < deadline):
+                    time.sleep(0.05)
+        self.assertEqual(data, b"")
+        self.assertIn("Traceback", "\n".join(logs.output))
+        self.assertIn("planted fault writing the reply", "\n".join(logs.output))
+        # --max-connections 1: a place kept by the failed reply would refuse this with 3004.
+        reply = support.request(self.port, command="echo", arguments=["next"], timeout=15)
+        self.assertEqual((reply["code"], reply["message"]), (0, "next"), reply)
 
 
 def _cpu_seconds(pid):
