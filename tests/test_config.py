@@ -13,7 +13,9 @@ import unittest
 
 from tests import support
 from uscmdrelay import config, keys
+from uscmdrelay.guards import warn_about_unguarded_arguments
 from uscmdrelay.config import ConfigError
+from uscmdrelay.options import Options
 
 RELAYS = "/etc/uscmdrelay/relays.conf"
 AUTH = "/etc/uscmdrelay/auth.conf"
@@ -620,7 +622,7 @@ class ArgumentGuardWarningTest(unittest.TestCase):
         clusters = config.parse_relays(config.read_ini(
             io.StringIO("[default]\n%s\n" % lines), RELAYS), RELAYS)
         warnings = []
-        config._warn_about_arguments(clusters, shell_exec, warnings)
+        warn_about_unguarded_arguments(clusters, Options(shell_exec=shell_exec), warnings)
         return warnings
 
     def test_each_unguarded_command_is_named_with_the_fix(self):
@@ -649,12 +651,14 @@ class ArgumentGuardWarningTest(unittest.TestCase):
                 clusters = config.parse_relays(config.read_ini(
                     io.StringIO(init_config.RELAYS_TEMPLATE), RELAYS), RELAYS)
                 warnings = []
-                config._warn_about_arguments(clusters, shell_exec, warnings)
+                warn_about_unguarded_arguments(
+                    clusters, Options(shell_exec=shell_exec), warnings)
                 self.assertEqual(warnings, [])
                 with open(os.path.join(support.ROOT, "samples", "relays.sample.conf"),
                           encoding="utf-8") as handle:
                     clusters = config.parse_relays(config.read_ini(handle, RELAYS), RELAYS)
-                config._warn_about_arguments(clusters, shell_exec, warnings)
+                warn_about_unguarded_arguments(
+                    clusters, Options(shell_exec=shell_exec), warnings)
                 self.assertEqual(warnings, [])
 
 

@@ -5,9 +5,9 @@ returns a `Decision` (what to run, or what to list), or raises the `Refused` err
 answer with. It never runs anything and never logs the key.
 """
 
+from .codes import (ADDRESS_NOT_ALLOWED, AUTH_FAILED, CLUSTER_NOT_ALLOWED,
+                    UNKNOWN_CLUSTER, UNKNOWN_COMMAND, RelayError)
 from .keys import key_digest
-from .protocol import (ADDRESS_NOT_ALLOWED, AUTH_FAILED, CLUSTER_NOT_ALLOWED,
-                       UNKNOWN_CLUSTER, UNKNOWN_COMMAND, RelayError)
 
 
 class Decision(object):

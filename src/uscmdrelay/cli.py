@@ -11,20 +11,12 @@ import shlex
 import sys
 
 from . import __version__
+from .exits import EXIT_CONFIG, EXIT_OK, EXIT_STARTUP, EXIT_USAGE
 
 # Each subcommand imports what it needs when it runs: `--version`, `call` and `init` do
 # not pay for the server's modules (start-up time matters for a client run by cron).
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-EXIT_OK = 0
-EXIT_STARTUP = 1
-EXIT_CONFIG = 2
-# The largest sizes and counts the flags take (README, Command line): a bound, not a
-# recommendation. Durations are bounded by policy.MAX_SECONDS, which relays.conf's
-# `NAME.timeout` shares.
-MAX_OUTPUT_BYTES = 1024 * 1024 * 1024
-MAX_REQUEST_BYTES = 16 * 1024 * 1024
-MAX_CONNECTIONS = 65536
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,7 +24,7 @@ class _Parser(argparse.ArgumentParser):
     `uscmdrelay: error: argument --port: '70000' is out of range (0 to 65535)`."""
 
     def error(self, message):
-        self.exit(EXIT_CONFIG, "%s: error: %s\n" % (self.prog, message))
+        self.exit(EXIT_USAGE, "%s: error: %s\n" % (self.prog, message))
 
 
 def _number(convert, minimum, maximum=None, what="a number"):
@@ -50,61 +42,37 @@ def _number(convert, minimum, maximum=None, what="a number"):
 
 
 def build_parser():
-    from .policy import MAX_SECONDS
-    seconds = _number(float, 0, MAX_SECONDS)
+    from .options import SERVER_OPTIONS
     # allow_abbrev=False: `call --tls` must reach the subcommand, not be taken for an
     # abbreviation of the server's --tls-cert.
     parser = _Parser(
         prog="uscmdrelay", allow_abbrev=False,
         description="Run pre-configured commands for trusted clients over TCP.")
-    parser.add_argument("--host", default="0.0.0.0",
-                        help="address to listen on (default: 0.0.0.0)")
-    parser.add_argument("--port", type=_number(int, 0, 65535, "a port number"), default=7777,
-                        help="port to listen on (default: 7777)")
+    server_options = dict((option.name, option) for option in SERVER_OPTIONS)
+
+    def add_server_options(*names):  # in the order --help has always shown them
+        for name in names:
+            _add_server_option(parser, server_options.pop(name))
+    add_server_options("host", "port")
     parser.add_argument("--log", metavar="LOG_FILE",
                         help="append logs to this file instead of stderr "
                              "(reopened when logrotate moves it)")
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="INFO",
                         help="log level (default: INFO)")
-    parser.add_argument("--shell-exec", action="store_true",
-                        help="run commands with /bin/sh -c; client arguments are quoted")
+    add_server_options("shell_exec")
     parser.add_argument("--version", action="version", version="uscmdrelay " + __version__)
     parser.add_argument("--config-dir", metavar="DIR",
                         help="directory holding auth.conf and relays.conf (default: the "
                              "first of /etc/uscmdrelay, /etc/opt/uscmdrelay, "
                              "~/.config/uscmdrelay that has one)")
-    parser.add_argument("--timeout", metavar="S", type=seconds, default=60.0,
-                        help="seconds a command may run, 0 for no limit, at most %d "
-                             "(7 days) (default: 60)" % MAX_SECONDS)
-    parser.add_argument("--max-output", metavar="BYTES", type=_number(
-                        int, 0, MAX_OUTPUT_BYTES, "an integer"), default=1048576,
-                        help="bytes of stdout and of stderr kept per command, at most "
-                             "%d (1 GiB) (default: 1048576)" % MAX_OUTPUT_BYTES)
-    parser.add_argument("--max-request", metavar="BYTES", type=_number(
-                        int, 1, MAX_REQUEST_BYTES, "an integer"), default=65536,
-                        help="largest request accepted, in bytes, at most %d (16 MiB) "
-                             "(default: 65536)" % MAX_REQUEST_BYTES)
-    parser.add_argument("--request-timeout", metavar="S",
-                        type=_number(float, 0.001, MAX_SECONDS), default=10.0,
-                        help="seconds a client has to send its whole request, at most "
-                             "%d (default: 10)" % MAX_SECONDS)
-    parser.add_argument("--max-connections", metavar="N", type=_number(
-                        int, 1, MAX_CONNECTIONS, "an integer"), default=256,
-                        help="client connections open at once, at most %d; more get "
-                             "code 3004 (default: 256)" % MAX_CONNECTIONS)
-    parser.add_argument("--max-connections-per-host", metavar="N", type=_number(
-                        int, 0, MAX_CONNECTIONS, "an integer"), default=32,
-                        help="client connections open at once from one address, 0 for no "
-                             "limit; more get code 3004 (default: 32)")
+    add_server_options("timeout", "max_output", "max_request", "request_timeout",
+                       "max_connections", "max_connections_per_host")
     parser.add_argument("--tls-cert", metavar="FILE",
                         help="serve TLS only, with this certificate (PEM; may hold the key)")
     parser.add_argument("--tls-key", metavar="FILE", help="the certificate's private key")
     parser.add_argument("--tls-client-ca", metavar="FILE",
                         help="require a client certificate signed by this CA (mutual TLS)")
-    parser.add_argument("--shutdown-timeout", metavar="S", type=seconds, default=30.0,
-                        help="on SIGTERM, seconds requests in flight get to finish before "
-                             "their commands are killed, at most %d (default: 30)"
-                             % MAX_SECONDS)
+    add_server_options(*server_options)  # --shutdown-timeout, and any added later
     commands = parser.add_subparsers(dest="subcommand", title="commands",
                                      metavar="{configtest,init,call,hash-key}")
     configtest = commands.add_parser(
@@ -139,7 +107,7 @@ def build_parser():
         description="Run COMMAND on a uscmdrelay server and print its output. The key "
                     "comes from $USCMDRELAY_AUTH_KEY or --key-file. Exit status: the "
                     "command's (128+N if killed by signal N), or 255 for a relay error.")
-    _add_call_arguments(call, MAX_SECONDS)
+    _add_call_arguments(call)
     hash_key = commands.add_parser(
         "hash-key", help="print the auth.conf section header of a hashed key",
         description="Read a key from stdin (or generate one) and print the [sha256:...] "
@@ -149,16 +117,35 @@ def build_parser():
     return parser
 
 
-def _add_call_arguments(parser, max_seconds):
+def _add_server_option(parser, option):
+    """The flag of one of options.SERVER_OPTIONS: its type checks the allowed range."""
+    if option.default is False:
+        parser.add_argument(option.flag, action="store_true", help=option.help)
+    elif option.kind is None:
+        parser.add_argument(option.flag, default=option.default,
+                            help="%s (default: %s)" % (option.help, option.default))
+    else:
+        parser.add_argument(option.flag, metavar=option.metavar, default=option.default,
+                            type=_number(option.kind, option.minimum, option.maximum,
+                                         option.what),
+                            help="%s (default: %s)" % (option.help, _show(option.default)))
+
+
+def _show(value):
+    return "%g" % value if isinstance(value, float) else str(value)
+
+
+def _add_call_arguments(parser):
     """`call`'s options; the client module itself is imported only when it runs."""
+    from .options import MAX_PORT, MAX_SECONDS
     parser.add_argument("--host", default="127.0.0.1",
                         help="server name or address (default: 127.0.0.1)")
-    parser.add_argument("--port", type=_number(int, 1, 65535, "a port number"),
+    parser.add_argument("--port", type=_number(int, 1, MAX_PORT, "a port number"),
                         default=7777, help="server port (default: 7777)")
-    parser.add_argument("--timeout", type=_number(float, 0.001, max_seconds),
+    parser.add_argument("--timeout", type=_number(float, 0.001, MAX_SECONDS),
                         default=60.0, metavar="S",
                         help="seconds the whole call may take, at most %d (default: 60)"
-                             % max_seconds)
+                             % MAX_SECONDS)
     parser.add_argument("--key-file", metavar="FILE",
                         help="read the auth key from FILE (default: $USCMDRELAY_AUTH_KEY)")
     parser.add_argument("--json", action="store_true",
@@ -217,14 +204,15 @@ def main(argv=None):
 
 
 def configtest(args):
-    from .config import ConfigError, find_config_dir, load_config
+    from .config import (DROPIN_SUFFIX, ConfigError, find_config_dir, is_dropin_name,
+                         load_config)
     if args.dropin and not (args.relays or args.auth):
         print("uscmdrelay: --dropin goes with --relays FILE or --auth FILE", file=sys.stderr)
         return EXIT_CONFIG
-    if isinstance(args.dropin, str) and (not args.dropin.endswith(".conf")
-                                         or args.dropin.startswith(".")):
+    if isinstance(args.dropin, str) and not is_dropin_name(args.dropin):
         print("uscmdrelay: --dropin %s: drop-in files are read only if their name ends in "
-              "'.conf' and does not start with '.'" % args.dropin, file=sys.stderr)
+              "'%s' and does not start with '.'" % (args.dropin, DROPIN_SUFFIX),
+              file=sys.stderr)
         return EXIT_CONFIG
     try:
         owner = _user_id(args.user)
@@ -263,36 +251,28 @@ def _user_id(user):
 
 def _print_commands(config, args):
     """Prints each command with the settings in force, saying which come from flags."""
+    from .policy import SETTINGS
     for cluster in sorted(config.clusters):
         for name, command in sorted(config.clusters[cluster].items()):
             policy = command.policy
             print("%s::%s = %s" % (cluster, name, command.line))
-            for label, value in (
-                    ("description", policy.description),
-                    ("timeout", _or_flag(policy.timeout, args.timeout, "--timeout")),
-                    ("min_args", policy.min_args),
-                    ("max_args", policy.max_args),
-                    ("arg_pattern", policy.arg_pattern and policy.arg_pattern.pattern),
-                    ("arg_choices", policy.arg_choices and " ".join(policy.arg_choices)),
-                    ("max_running", policy.max_running),
-                    ("shell", _or_flag(policy.shell, args.shell_exec, "--shell-exec")),
-                    ("cwd", policy.cwd)):
-                if isinstance(value, bool):
-                    value = "yes" if value else "no"
-                elif isinstance(value, float):
-                    value = "%g" % value
-                print("    %-12s %s" % (label, "-" if value is None else value))
+            for setting in SETTINGS:
+                value, flag = policy.effective(setting, args)
+                text = _show_setting(value)
+                print("    %-12s %s" % (setting, text if flag is None
+                                        else "%s (%s)" % (text, flag)))
 
 
-def _or_flag(value, flag_value, flag):
-    """A setting's value, or the flag's value marked as coming from the flag."""
-    if value is not None:
-        return value
-    if isinstance(flag_value, bool):
-        flag_value = "yes" if flag_value else "no"
-    elif isinstance(flag_value, float):
-        flag_value = "%g" % flag_value
-    return "%s (%s)" % (flag_value, flag)
+def _show_setting(value):
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return "%g" % value
+    if isinstance(value, tuple):  # arg_choices
+        return " ".join(value)
+    return getattr(value, "pattern", value)  # arg_pattern is a compiled regex
 
 
 def init(args):
@@ -319,7 +299,7 @@ def init(args):
 
 
 def hash_key(args):
-    from .keys import HASHED_KEY_PREFIX, key_digest
+    from .fingerprint import hashed_key_section
     from .init_config import generate_key
     if args.generate:
         key = generate_key()
@@ -329,5 +309,5 @@ def hash_key(args):
         if not key:
             print("uscmdrelay: no key on stdin (or use --generate)", file=sys.stderr)
             return EXIT_CONFIG
-    print("[%s%s]" % (HASHED_KEY_PREFIX, key_digest(key).hex()))
+    print("[%s]" % hashed_key_section(key))
     return EXIT_OK

@@ -13,10 +13,10 @@ import struct
 import sys
 import time
 
+from .exits import EXIT_RELAY_ERROR, EXIT_USAGE
 from .protocol import COMMAND_FAILED, KEY_VARIABLE, LIST_COMMAND, OK
+from .reasons import reason
 
-EXIT_RELAY_ERROR = 255
-EXIT_USAGE = 2
 # call's options that take a value (split_argv must skip the value).
 VALUE_OPTIONS = ("--host", "--port", "--timeout", "--key-file", "--tls-ca", "--tls-cert",
                  "--tls-key", "--tls-server-name")
@@ -88,11 +88,9 @@ def split_argv(tokens):
             rest = tokens[index + 1:]
             return tokens[:index], (rest[0] if rest else None), rest[1:]
         if token.startswith("-") and token != "-":
-            if "=" not in token and token in VALUE_OPTIONS:
-                continue  # its value is the next word: skipped as it is not an option
-            continue
+            continue  # an option
         if index > 0 and tokens[index - 1] in VALUE_OPTIONS:
-            continue
+            continue  # the value of the option before it (`--host H`, not `--host=H`)
         return tokens[:index], token, tokens[index + 1:]
     return tokens, None, []
 
@@ -125,14 +123,14 @@ def exchange(args, request):
     except socket.timeout:
         raise CallError("cannot connect to %s: timed out" % where)
     except OSError as error:
-        raise CallError("cannot connect to %s: %s" % (where, _reason(error)))
+        raise CallError("cannot connect to %s: %s" % (where, reason(error)))
     try:
         if context is not None:
             try:
                 sock = context.wrap_socket(
                     sock, server_hostname=args.tls_server_name or args.host)
             except (OSError, ValueError) as error:
-                raise CallError("TLS with %s failed: %s" % (where, _reason(error)))
+                raise CallError("TLS with %s failed: %s" % (where, reason(error)))
         data = (json.dumps(request) + "\n").encode("utf-8")
         try:
             _set_remaining(sock, deadline)
@@ -142,7 +140,7 @@ def exchange(args, request):
             _reset_on_close(sock)
             raise CallError("no reply from %s within %g s (--timeout)" % (where, args.timeout))
         except OSError as error:
-            raise CallError("connection to %s failed: %s" % (where, _reason(error)))
+            raise CallError("connection to %s failed: %s" % (where, reason(error)))
     finally:
         sock.close()
     try:
@@ -206,10 +204,6 @@ def _tls_context(args):
         return client_context(args.tls_ca, args.tls_cert, args.tls_key)
     except TLSError as error:
         raise CallError("TLS setup failed: %s" % error)
-
-
-def _reason(error):
-    return getattr(error, "reason", None) or getattr(error, "strerror", None) or str(error)
 
 
 def _write_output(reply, stdout, stderr):

@@ -15,6 +15,8 @@ from .fingerprint import digest_fingerprint
 from .ini import ConfigError, list_config_dir, read_ini, read_ini_file
 from .keys import (ALL_CLUSTERS, HASHED_KEY_PREFIX, KeyGrant, key_digest, key_fingerprint,
                    parse_auth, warn_about_references)
+from .guards import warn_about_unguarded_arguments
+from .options import Options
 from .policy import SETTINGS, Policy
 
 # The configuration's API, auth.conf's and the INI rules' parts included, so callers
@@ -139,8 +141,14 @@ def load_config(directory, shell_exec=False, relays_file=None, auth_file=None,
     warn_about_references(keys, clusters, AUTH_FILE, "any relays file", warnings)
     if not shell_exec:
         _warn_about_executables(clusters, warnings)
-    _warn_about_arguments(clusters, shell_exec, warnings)
+    warn_about_unguarded_arguments(clusters, Options(shell_exec=shell_exec), warnings)
     return Config(directory, keys, clusters, warnings, relays_paths + auth_paths)
+
+
+def is_dropin_name(name):
+    """True for a file name read from a drop-in directory: it ends in '.conf' and does
+    not start with '.' (so editors' and package managers' leftovers are not read)."""
+    return name.endswith(DROPIN_SUFFIX) and not name.startswith(".")
 
 
 def config_files(directory, main_name, dropin_name, replacement=None, dropin=False,
@@ -156,8 +164,7 @@ def config_files(directory, main_name, dropin_name, replacement=None, dropin=Fal
     dropin_dir = os.path.join(directory, dropin_name)
     names = list_config_dir(directory, dropin_name, owner)
     if names is not None:
-        names = [name for name in names
-                 if name.endswith(DROPIN_SUFFIX) and not name.startswith(".")]
+        names = [name for name in names if is_dropin_name(name)]
     dropins = [os.path.join(dropin_dir, name) for name in names or ()]
     if replacement is not None and dropin:
         # Checked as if installed in the drop-in directory, under the name `dropin` (or
@@ -288,127 +295,3 @@ def _warn_about_executables(clusters, warnings):
                 warnings.append("%s: [%s] %s: %r is not an executable file%s" % (
                     path, cluster, name, program,
                     "" if os.sep in program else " on PATH"))
-
-
-# ---------------------------------------------------------------------------------------
-# Client arguments that could become options (or commands)
-
-END_OF_OPTIONS = "--"
-# Control operators after which an appended argument is a command of its own.
-_SHELL_CONTROL_OPERATORS = ("&&", "||", "|", ";", "&")
-# Redirection operators after which an appended argument is a file name.
-_SHELL_REDIRECTIONS = (">>", "<<", ">&", "<&", "<>", ">|", ">", "<")
-_SHELL_TWO_CHAR_OPERATORS = ("&&", "||", ";;") + _SHELL_REDIRECTIONS[:6]
-
-
-def _warn_about_arguments(clusters, shell_exec, warnings):
-    """Warns about each command that accepts client arguments unguarded: one could be
-    an option (GNU `date -f FILE` prints FILE's lines; with `date` in the relays file and
-    auth.conf as FILE, every key) or, in a shell command line, a command or a file name.
-    """
-    for cluster in sorted(clusters):
-        for name, command in sorted(clusters[cluster].items()):
-            policy = command.policy
-            if not policy.accepts_arguments():
-                continue
-            shell = shell_exec if policy.shell is None else policy.shell
-            place = "%s: [%s] %s: " % (command.path, cluster, name)
-            if shell:
-                words, operator, comment = scan_shell_line(command.line)
-                if comment:
-                    warnings.append(
-                        place + "the shell command line holds a comment (a '#' outside "
-                        "quotes starts one), which swallows the client arguments; set "
-                        "%s.max_args = 0, or quote the '#'" % name)
-                    continue
-                if operator:
-                    effect = ("runs as a command" if operator in _SHELL_CONTROL_OPERATORS
-                              else "is the file name of a redirection")
-                    warnings.append(
-                        place + "the shell command line ends in %r, so the first client "
-                        "argument %s; set %s.max_args = 0, or complete the command line"
-                        % (operator, effect, name))
-                    continue
-            else:
-                words = command.argv
-            # Argument placeholders, once they exist, would be a third guard here.
-            if policy.limits_arguments() or END_OF_OPTIONS in words[1:]:
-                continue
-            warnings.append(
-                place + "client arguments are appended unguarded (an argument such as "
-                "'-f FILE' becomes an option); set {0}.max_args = 0, or end the command "
-                "line with '--' and set {0}.arg_pattern or {0}.arg_choices".format(name))
-
-
-def scan_shell_line(line):
-    """Reads a command line as /bin/sh would, as far as appended arguments care.
-
-    Returns (words, operator, comment): the words (unquoted) of the simple command the
-    arguments are appended to, the operator the line ends in ('' if none), and whether
-    a '#' starting a word outside quotes makes the rest of the line a comment.
-    `$(...)`, backquotes and `${...}` are kept inside their word, unexamined.
-    """
-    words = []
-    word = None  # the word being read, None between words
-    last = ""  # the last token's operator, "" after a word
-    index, end = 0, len(line)
-    while index < end:
-        char = line[index]
-        if char in " \t\r\n":
-            index += 1
-            if word is not None:
-                words.append(word)
-                word = None
-        elif char == "#" and word is None:
-            return words, last, True
-        elif char in "|&;<>()":
-            if word is not None:
-                words.append(word)
-                word = None
-            operator = line[index:index + 2]
-            if operator not in _SHELL_TWO_CHAR_OPERATORS:
-                operator = char
-            index += len(operator)
-            if operator not in _SHELL_REDIRECTIONS:
-                words = []  # a new command starts after a control operator
-            last = operator
-        else:
-            text, index = _shell_word_part(line, index)
-            word = (word or "") + text
-            last = ""
-    if word is not None:
-        words.append(word)
-    return words, last, False
-
-
-def _shell_word_part(line, index):
-    """One piece of a word starting at `index`: returns (its text, unquoted, the index
-    after it)."""
-    char = line[index]
-    if char == "\\":
-        return line[index + 1:index + 2], index + 2
-    if char == "'":
-        close = line.find("'", index + 1)
-        close = len(line) if close < 0 else close
-        return line[index + 1:close], close + 1
-    if char == '"':
-        text = []
-        index += 1
-        while index < len(line) and line[index] != '"':
-            if line[index] == "\\" and line[index + 1:index + 2] in ('"', "\\", "$", "`"):
-                index += 1
-            text.append(line[index])
-            index += 1
-        return "".join(text), index + 1
-    if line.startswith(("$(", "${"), index) or char == "`":
-        close = {"(": ")", "{": "}", "`": "`"}[line[index + 1] if char == "$" else char]
-        opening = line[index + 1] if char == "$" else None
-        depth, scan = 1, index + (2 if char == "$" else 1)
-        while scan < len(line) and depth:
-            if line[scan] == close:
-                depth -= 1
-            elif opening and line[scan] == opening:
-                depth += 1
-            scan += 1
-        return line[index:scan], scan
-    return char, index + 1

@@ -25,14 +25,14 @@ LOG_ARGUMENTS_CHARS = 1000
 class _Job(object):
     """A request whose command is running; `gone`: its client went away."""
 
-    __slots__ = ("sock", "address", "request", "grant", "command", "run", "gone")
+    __slots__ = ("sock", "address", "request", "grant", "relay", "run", "gone")
 
-    def __init__(self, sock, address, request, grant, command):
+    def __init__(self, sock, address, request, grant, relay):
         self.sock = sock
         self.address = address
         self.request = request
         self.grant = grant
-        self.command = command
+        self.relay = relay  # the config.Command it runs
         self.run = None
         self.gone = False
 
@@ -116,33 +116,32 @@ class Dispatcher(object):
         self._jobs.clear()
 
     def _timeout(self, command):
-        timeout = command.policy.timeout
-        return self.options.timeout if timeout is None else timeout
+        return command.policy.effective("timeout", self.options)[0]
 
     def _start(self, job):
         """Starts an authorized command within its max_running."""
-        command = job.command
+        command = job.relay
         policy = command.policy
-        shell = self.options.shell_exec if policy.shell is None else policy.shell
+        shell = policy.effective("shell", self.options)[0]
         argv = executor.build_argv(command, job.request.arguments, shell)
         env = self._command_env(job.address, job.request, job.grant)
-        self._start_run(command)
+        self._claim_max_running(command)
         try:
             job.run = executor.Run(self._loop, argv, functools.partial(self._finished, job),
                                    self._timeout(command) or None, self.options.max_output,
                                    env=env, cwd=policy.cwd,
                                    on_error=functools.partial(self._failed, job))
         except BaseException:
-            self._end_run(command)
+            self._release_max_running(command)
             raise
         self._jobs.add(job)
 
     def _finished(self, job, outcome):
         """The command of `job` is over: reply."""
         self._jobs.discard(job)
-        self._end_run(job.command)
+        self._release_max_running(job.relay)
         try:
-            code, reply = _reply_for(outcome, self._timeout(job.command), self._stopping)
+            code, reply = _reply_for(outcome, self._timeout(job.relay), self._stopping)
         except Exception:
             self._failed(job)
             return
@@ -156,7 +155,7 @@ class Dispatcher(object):
                       job.request.command)
         if job in self._jobs:
             self._jobs.discard(job)
-            self._end_run(job.command)
+            self._release_max_running(job.relay)
         self._answer(job.sock, job.address, job.grant, job.request, INTERNAL_ERROR,
                      error_reply(INTERNAL_ERROR), gone=job.gone)
 
@@ -166,7 +165,7 @@ class Dispatcher(object):
         if not gone:
             self._respond(sock, iter_reply(reply))
 
-    def _start_run(self, command):
+    def _claim_max_running(self, command):
         """Counts a run of `command`; raises RelayError(3005) past its max_running."""
         limit = command.policy.max_running
         if limit is None:
@@ -177,7 +176,7 @@ class Dispatcher(object):
                              "is %d)" % limit)
         self._running[command.full_name] = running + 1
 
-    def _end_run(self, command):
+    def _release_max_running(self, command):
         if command.policy.max_running is None:
             return
         self._running[command.full_name] -= 1

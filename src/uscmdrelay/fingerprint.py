@@ -26,6 +26,12 @@ def key_digest(key):
     return sha256(key.encode("utf-8")).digest()
 
 
+def hashed_key_section(key):
+    """The auth.conf section name that stands for `key` without holding it:
+    `sha256:` and the 64 hex digits of its digest (`hash-key` prints it in brackets)."""
+    return HASHED_KEY_PREFIX + key_digest(key).hex()
+
+
 def digest_fingerprint(digest):
     """`sha256:` and the first hex digits of a digest: how logs name a key."""
     return HASHED_KEY_PREFIX + digest.hex()[:FINGERPRINT_HEX_DIGITS]

@@ -18,6 +18,7 @@ import re
 import stat
 
 from .fingerprint import hide_key
+from .reasons import reason
 
 # ConfigParser treats its default section specially (its options leak into every other
 # section). A name nobody can type keeps [DEFAULT] an ordinary section we can refuse.
@@ -316,9 +317,3 @@ def _section_name(section, secret):
 
 def _quote_line(line, secret):
     return "this line" if secret else repr(line.strip())
-
-
-def reason(error):
-    """The one line of an exception worth showing a user."""
-    text = getattr(error, "strerror", None) or getattr(error, "message", None) or str(error)
-    return text.strip().splitlines()[0] if text.strip() else type(error).__name__

@@ -12,7 +12,7 @@ import stat
 
 from . import config
 from .config import AUTH_FILE, RELAYS_FILE
-from .keys import HASHED_KEY_PREFIX, key_digest
+from .fingerprint import hashed_key_section
 
 KEY_BYTES = 32  # 256 bits of entropy, 43 URL-safe characters
 
@@ -66,7 +66,7 @@ def write_config(directory, key=None, hashed=False):
     when a file cannot be written.
     """
     key = key or generate_key()
-    section = HASHED_KEY_PREFIX + key_digest(key).hex() if hashed else key
+    section = hashed_key_section(key) if hashed else key
     auth_path = os.path.join(directory, AUTH_FILE)
     relays_path = os.path.join(directory, RELAYS_FILE)
     for path in (auth_path, relays_path):

@@ -9,16 +9,10 @@ raises the RelayError(2007) a request gets for arguments the policy does not all
 import os
 import re
 
-from .protocol import ARGUMENTS_NOT_ALLOWED, RelayError
+from .codes import ARGUMENTS_NOT_ALLOWED, RelayError
+from .options import MAX_SECONDS
 
 QUOTED_ARGUMENT_CHARS = 60
-
-
-# The longest duration any setting or flag takes (a command's timeout, --timeout,
-# --request-timeout, --shutdown-timeout, call --timeout): 7 days, room for the longest
-# backup. Without a bound, a 30-day value made epoll.poll() raise OverflowError and end
-# the server (issue 12). The command line reads it from here too.
-MAX_SECONDS = 7 * 24 * 3600
 
 
 def _seconds(text):
@@ -94,6 +88,8 @@ CONVERTERS = (
     ("cwd", _absolute_path),
 )
 SETTINGS = tuple(name for name, _ in CONVERTERS)
+# The settings whose default is a server flag: setting -> (its options.Options name, flag).
+INHERITED = {"timeout": ("timeout", "--timeout"), "shell": ("shell_exec", "--shell-exec")}
 _CONVERTER = dict(CONVERTERS)
 
 
@@ -116,6 +112,16 @@ class Policy(object):
                 and self.min_args > self.max_args):
             raise ValueError("min_args (%d) is greater than max_args (%d)"
                              % (self.min_args, self.max_args))
+
+    def effective(self, setting, options):
+        """Returns (value, flag): the value of `setting` in force under the server's
+        `options` (an options.Options, or the parsed command line), and the flag it
+        comes from, or None when relays.conf sets it (or no flag stands behind it)."""
+        value = getattr(self, setting)
+        if value is not None or setting not in INHERITED:
+            return value, None
+        name, flag = INHERITED[setting]
+        return getattr(options, name), flag
 
     def accepts_arguments(self):
         """True unless `max_args = 0`: client arguments can reach the command line."""

@@ -1,4 +1,4 @@
-"""The wire protocol: request framing and validation, reply encoding, the error codes.
+"""The wire protocol: request framing and validation, and reply encoding.
 
 Sans-IO: this module turns bytes into a `Request` (or raises `RelayError` carrying the code
 to answer with) and turns a reply into bytes. It never touches a socket, a thread or a
@@ -8,45 +8,12 @@ process; the server does all the IO.
 import json
 import re
 
-# The one table of reply codes. 10xx: authentication, 20xx: the client's data,
-# 30xx: running the command, 9999: a bug in the server.
-OK = 0
-AUTH_FAILED = 1001
-CLUSTER_NOT_ALLOWED = 1002
-ADDRESS_NOT_ALLOWED = 1003
-BAD_JSON = 2001
-BAD_FIELD = 2002
-UNKNOWN_CLUSTER = 2003
-UNKNOWN_COMMAND = 2004
-REQUEST_TOO_LARGE = 2005
-REQUEST_TIMEOUT = 2006
-ARGUMENTS_NOT_ALLOWED = 2007
-COMMAND_FAILED = 3001
-COMMAND_NOT_STARTED = 3002
-COMMAND_TIMED_OUT = 3003
-SERVER_BUSY = 3004
-ALREADY_RUNNING = 3005
-INTERNAL_ERROR = 9999
-
-CODES = {
-    OK: "the command ran and exited 0",
-    AUTH_FAILED: "authentication failed",
-    CLUSTER_NOT_ALLOWED: "this key may not use this cluster",
-    ADDRESS_NOT_ALLOWED: "client address not allowed for this key",
-    BAD_JSON: "the request is not UTF-8 JSON, or not a JSON object",
-    BAD_FIELD: "a field is missing or invalid",
-    UNKNOWN_CLUSTER: "unknown cluster",
-    UNKNOWN_COMMAND: "unknown command in that cluster",
-    REQUEST_TOO_LARGE: "the request is too large",
-    REQUEST_TIMEOUT: "the request was not complete in time",
-    ARGUMENTS_NOT_ALLOWED: "arguments not allowed by this command's policy",
-    COMMAND_FAILED: "the command exited with a non-zero status",
-    COMMAND_NOT_STARTED: "the command could not be started",
-    COMMAND_TIMED_OUT: "the command timed out and was killed",
-    SERVER_BUSY: "the server is busy",
-    ALREADY_RUNNING: "command already running",
-    INTERNAL_ERROR: "internal server error",
-}
+# The reply codes and their exception have their own home; the protocol's API names them.
+from .codes import (  # noqa: F401
+    OK, AUTH_FAILED, CLUSTER_NOT_ALLOWED, ADDRESS_NOT_ALLOWED, BAD_JSON, BAD_FIELD,
+    UNKNOWN_CLUSTER, UNKNOWN_COMMAND, REQUEST_TOO_LARGE, REQUEST_TIMEOUT,
+    ARGUMENTS_NOT_ALLOWED, COMMAND_FAILED, COMMAND_NOT_STARTED, COMMAND_TIMED_OUT,
+    SERVER_BUSY, ALREADY_RUNNING, INTERNAL_ERROR, CODES, RelayError)
 
 DEFAULT_CLUSTER = "default"
 CLUSTER_SEPARATOR = "::"
@@ -62,18 +29,6 @@ MAX_DEPTH = 32
 _TOO_DEEP = "invalid JSON: nested deeper than %d levels" % MAX_DEPTH
 
 _UTF8_BOM = b"\xef\xbb\xbf"
-
-
-class RelayError(Exception):
-    """A request that gets an error reply: `.code` is from CODES, `.message` is for the client."""
-
-    def __init__(self, code, message=None):
-        Exception.__init__(self, code, message)
-        self.code = code
-        self.message = message if message is not None else CODES[code]
-
-    def __str__(self):
-        return "%d: %s" % (self.code, self.message)
 
 
 class Request(object):

@@ -20,6 +20,7 @@ from .dispatch import Dispatcher, format_address
 from .eventloop import EVENT_READ, EVENT_WRITE, Loop
 # StartupError is what RelayServer() raises: callers import it from here.
 from .listeners import Listeners, StartupError, listen  # noqa: F401
+from .options import Options  # noqa: F401  (server.Options: the options it takes)
 from .protocol import (INTERNAL_ERROR, REQUEST_TIMEOUT, SERVER_BUSY, RelayError,
                        RequestReader, encode_reply, error_reply)
 from .replies import ReplyWriter
@@ -31,25 +32,6 @@ log = logging.getLogger("uscmdrelay")
 # after the executor's grace); this long past that the server exits whatever is left.
 SHUTDOWN_KILL_SECONDS = executor.TERM_GRACE_SECONDS + 3.0
 RECV_BYTES = 65536
-
-
-class Options(object):
-    """The server's limits; defaults match the CLI's."""
-
-    def __init__(self, host="0.0.0.0", port=7777, timeout=60.0, max_output=1048576,
-                 max_request=65536, request_timeout=10.0, max_connections=256,
-                 shell_exec=False, shutdown_timeout=30.0, max_connections_per_host=32):
-        self.host = host
-        self.port = port
-        self.timeout = timeout
-        self.max_output = max_output
-        self.max_request = max_request
-        self.request_timeout = request_timeout
-        self.max_connections = max_connections
-        # 0: no limit per client address (nor does a value >= max_connections limit more).
-        self.max_connections_per_host = max_connections_per_host
-        self.shell_exec = shell_exec
-        self.shutdown_timeout = shutdown_timeout
 
 
 class _Client(object):

@@ -11,14 +11,13 @@ import sys
 
 from . import __version__, spawn, systemd
 from .config import ConfigError, find_config_dir, load_config
-from .server import Options, RelayServer, StartupError
+from .exits import EXIT_CONFIG, EXIT_OK, EXIT_STARTUP
+from .options import Options
+from .server import RelayServer, StartupError
 
 log = logging.getLogger("uscmdrelay")
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
-EXIT_OK = 0
-EXIT_STARTUP = 1
-EXIT_CONFIG = 2
 
 
 def serve(args):
@@ -42,12 +41,7 @@ def serve(args):
         return EXIT_CONFIG
     for warning in config.warnings:
         log.warning("config: %s", warning)
-    options = Options(host=args.host, port=args.port, timeout=args.timeout,
-                      max_output=args.max_output, max_request=args.max_request,
-                      request_timeout=args.request_timeout,
-                      max_connections=args.max_connections, shell_exec=args.shell_exec,
-                      shutdown_timeout=args.shutdown_timeout,
-                      max_connections_per_host=args.max_connections_per_host)
+    options = Options.from_args(args)
     try:
         tls_context = _tls_context(args)
     except ValueError as error:

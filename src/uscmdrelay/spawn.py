@@ -16,7 +16,8 @@ import subprocess
 import sys
 import time
 
-from .protocol import COMMAND_NOT_STARTED, RelayError
+from .codes import COMMAND_NOT_STARTED, RelayError
+from .reasons import reason
 
 # As PID 1 (a container's init), how often the exited orphans the kernel hands us are
 # looked for and reaped.
@@ -215,8 +216,7 @@ def _start_failure(error):
         suffix = ": %r" % (error.filename,)
         if error.filename is not None and error.strerror.endswith(suffix):
             return error.strerror[:-len(suffix)]
-        return error.strerror
-    return str(error) or type(error).__name__
+    return reason(error)
 
 
 def reap_orphans():

@@ -7,6 +7,8 @@ message naming the file, at start-up rather than at the first request.
 
 import ssl
 
+from .reasons import reason
+
 # What a non-blocking TLS socket raises instead of BlockingIOError.
 WOULD_BLOCK = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
 WANT_WRITE = ssl.SSLWantWriteError
@@ -28,7 +30,7 @@ def server_context(cert_file, key_file=None, client_ca_file=None):
         try:
             context.load_verify_locations(cafile=client_ca_file)
         except (OSError, ssl.SSLError) as error:
-            raise TLSError("--tls-client-ca %s: %s" % (client_ca_file, _reason(error)))
+            raise TLSError("--tls-client-ca %s: %s" % (client_ca_file, reason(error)))
         context.verify_mode = ssl.CERT_REQUIRED
     return context
 
@@ -41,7 +43,7 @@ def client_context(ca_file=None, cert_file=None, key_file=None):
     try:
         context = ssl.create_default_context(cafile=ca_file)
     except (OSError, ssl.SSLError) as error:
-        raise TLSError("--tls-ca %s: %s" % (ca_file, _reason(error)))
+        raise TLSError("--tls-ca %s: %s" % (ca_file, reason(error)))
     _require_tls12(context)
     if cert_file:
         _load_chain(context, cert_file, key_file, "--tls-cert", "--tls-key")
@@ -66,7 +68,7 @@ def _load_chain(context, cert_file, key_file, cert_flag, key_flag):
     except (OSError, ssl.SSLError) as error:
         raise TLSError("%s %s / %s %s: cannot load the certificate and key: %s"
                        % (cert_flag, cert_file, key_flag, key_file or "(in the same file)",
-                          _reason(error)))
+                          reason(error)))
 
 
 def _require_tls12(context):
@@ -74,7 +76,3 @@ def _require_tls12(context):
         context.minimum_version = ssl.TLSVersion.TLSv1_2
     else:  # Python 3.6 has no minimum_version
         context.options |= ssl.OP_NO_TLSv1 | ssl.OP_NO_TLSv1_1
-
-
-def _reason(error):
-    return getattr(error, "reason", None) or getattr(error, "strerror", None) or str(error)
