@@ -4,6 +4,8 @@ Every server a test starts runs as a child process on an ephemeral 127.0.0.1 por
 stopped by its PID in a cleanup, whatever the test's outcome.
 """
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -198,6 +200,17 @@ def decode_reply(data):
     text = data.decode("utf-8")
     assert text.endswith("\n") and text.count("\n") == 1, "not one line: %r" % text
     return json.loads(text)
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Swallows what the code under test writes to sys.stderr (argparse's usage errors)."""
+    saved = sys.stderr
+    sys.stderr = io.StringIO()
+    try:
+        yield
+    finally:
+        sys.stderr = saved
 
 
 def stop_process(process, timeout=20.0):

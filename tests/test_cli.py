@@ -114,6 +114,38 @@ class FlagsTest(unittest.TestCase):
         self.assertIn("7 days", result.stdout)
 
 
+class ServerOptionsTest(unittest.TestCase):
+    """The flags and server.Options read one table (options.SERVER_OPTIONS)."""
+
+    def test_flag_defaults_are_the_server_defaults(self):
+        from uscmdrelay.cli import build_parser
+        from uscmdrelay.options import SERVER_OPTIONS, Options
+        parsed = Options.from_args(build_parser().parse_args([]))
+        default = Options()
+        for option in SERVER_OPTIONS:
+            with self.subTest(option=option.name):
+                self.assertEqual(getattr(parsed, option.name), option.default)
+                self.assertEqual(getattr(default, option.name), option.default)
+
+    def test_every_bound_of_the_table_is_the_flags_bound(self):
+        from uscmdrelay.cli import build_parser
+        from uscmdrelay.options import SERVER_OPTIONS
+        parser = build_parser()
+        for option in SERVER_OPTIONS:
+            if option.kind is None:
+                continue
+            with self.subTest(option=option.name):
+                largest = parser.parse_args([option.flag, str(option.maximum)])
+                self.assertEqual(getattr(largest, option.name), option.maximum)
+                with self.assertRaises(SystemExit), support.quiet_stderr():
+                    parser.parse_args([option.flag, str(option.maximum + 1)])
+
+    def test_an_unknown_option_is_a_type_error(self):
+        from uscmdrelay.options import Options
+        with self.assertRaises(TypeError):
+            Options(max_conections=3)
+
+
 class ConfigtestTest(unittest.TestCase):
 
     def test_valid_config_prints_ok_and_a_summary(self):
