@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import threading
@@ -439,6 +440,40 @@ class RecordingListener(object):
     def received(self):
         self._thread.join(CALL_TIMEOUT)
         return b"".join(self._chunks)
+
+
+class CallResetTest(unittest.TestCase):
+    """A server that resets a plain-text request (what a TLS server of an older version
+    does) gets a hint instead of `Connection reset by peer`."""
+
+    def test_a_reset_after_the_request_suggests_tls(self):
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(listener.close)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.settimeout(CALL_TIMEOUT)
+        port = listener.getsockname()[1]
+
+        def reset_after_the_request():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.settimeout(CALL_TIMEOUT)
+            try:
+                conn.recv(65536)
+            except OSError:
+                pass
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+        thread = threading.Thread(target=reset_after_the_request)
+        thread.daemon = True
+        thread.start()
+        self.addCleanup(thread.join, CALL_TIMEOUT)
+        result = run_call(self, ["--port", str(port), "echo", "hi"])
+        self.assertEqual((result.returncode, result.stdout, result.stderr), (
+            255, "", "uscmdrelay: 127.0.0.1 port %d reset the connection; if it speaks "
+            "TLS: use --tls\n" % port))
 
 
 class CallTLSOptionsImplyTLSTest(unittest.TestCase):

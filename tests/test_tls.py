@@ -124,18 +124,36 @@ class TLSTests(_TLSServer):
         result = self.call("--tls", "--tls-ca", self.pki.other_ca, "echo", "x")
         self.assertRefused(result)
 
-    def test_plaintext_client_is_dropped_and_the_server_keeps_serving(self):
+    def test_plaintext_request_is_told_in_plain_text_that_the_server_speaks_tls(self):
+        # nc and friends see one JSON line instead of a reset that says nothing.
+        before = self.log_count("code=2001")
+        for blanks in ("", " \r\n\t"):
+            with self.subTest(blanks=blanks):
+                with socket.create_connection(("127.0.0.1", self.server.port),
+                                              timeout=15) as sock:
+                    sock.sendall((blanks + REQUEST_LINE).encode("utf-8"))
+                    data = support.read_until_gone(sock, 15.0)
+                self.assertEqual(support.decode_reply(data), {
+                    "status": "error", "code": 2001, "message": "this server speaks TLS: "
+                    "connect with TLS (uscmdrelay call --tls)"})
+        self.assertNotIn(KEY, self.server.log_text())
+        self.wait_for_log_count("code=2001", before + 2)
+        self.assertWorks(self.call_tls("echo", "over", "tls"))
+
+    def test_garbage_that_is_neither_tls_nor_json_is_dropped(self):
         before = self.log_count("TLS handshake failed")
         with socket.create_connection(("127.0.0.1", self.server.port), timeout=15) as sock:
-            sock.sendall(REQUEST_LINE.encode("utf-8"))
+            sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
             data = support.read_until_gone(sock, 15.0)
-        self.assertNotIn(b"{", data)  # no JSON reply in clear text
-        self.assertNotIn(KEY.encode("utf-8"), data)
+        self.assertNotIn(b"{", data)  # no JSON reply in clear text to a stranger
         self.wait_for_log_count("TLS handshake failed", before + 1)
         self.assertWorks(self.call_tls("echo", "over", "tls"))
 
-    def test_plaintext_call_to_a_tls_server_exits_255(self):
-        self.assertRefused(self.call("echo", "over", "tls"))
+    def test_plaintext_call_to_a_tls_server_says_use_tls_and_exits_255(self):
+        result = self.call("echo", "over", "tls")
+        self.assertEqual((result.returncode, result.stdout, result.stderr), (
+            255, "", "uscmdrelay: 127.0.0.1 port %d speaks TLS: use --tls\n"
+            % self.server.port))
         self.assertWorks(self.call_tls("echo", "over", "tls"))
 
     def test_slow_handshake_is_cut_off_while_others_are_served(self):

@@ -14,7 +14,8 @@ import sys
 import time
 
 from .exits import EXIT_RELAY_ERROR, EXIT_USAGE
-from .protocol import COMMAND_FAILED, KEY_VARIABLE, LIST_COMMAND, OK
+from .protocol import (BAD_JSON, COMMAND_FAILED, KEY_VARIABLE, LIST_COMMAND, OK,
+                       PLAIN_ON_TLS)
 from .reasons import reason
 
 # call's options that take a value (split_argv must skip the value).
@@ -139,6 +140,12 @@ def exchange(args, request):
         except socket.timeout:
             _reset_on_close(sock)
             raise CallError("no reply from %s within %g s (--timeout)" % (where, args.timeout))
+        except ConnectionResetError as error:
+            if context is None:
+                # What a TLS server of an older version answers a plain-text request.
+                raise CallError("%s reset the connection; if it speaks TLS: use --tls"
+                                % where)
+            raise CallError("connection to %s failed: %s" % (where, reason(error)))
         except OSError as error:
             raise CallError("connection to %s failed: %s" % (where, reason(error)))
     finally:
@@ -149,6 +156,9 @@ def exchange(args, request):
             raise ValueError("not a reply object")
     except ValueError:
         raise CallError("%s sent no valid reply (%d bytes)" % (where, len(raw)))
+    if context is None and (reply.get("code"), reply.get("message")) == (BAD_JSON,
+                                                                          PLAIN_ON_TLS):
+        raise CallError("%s speaks TLS: use --tls" % where)
     return raw, reply
 
 

@@ -22,6 +22,9 @@ LIST_COMMAND = "::list"
 # The environment variable `call` reads the key from; commands never inherit it.
 KEY_VARIABLE = "USCMDRELAY_AUTH_KEY"
 FIELDS = ("auth_key", "command", "arguments")
+# What a plain-text request on a TLS listener is answered (code 2001, in plain text);
+# `call` recognises it.
+PLAIN_ON_TLS = "this server speaks TLS: connect with TLS (uscmdrelay call --tls)"
 # How deep arrays and objects may nest. A request needs 2 (the object and its
 # arguments); the json module recurses once per level and raises RecursionError, not
 # ValueError, somewhere near 1000, so the depth is refused before json sees the text.

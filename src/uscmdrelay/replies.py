@@ -153,7 +153,8 @@ class ReplyWriter(object):
                     if reply.chunk is None:
                         break
                 reply.chunk = reply.chunk[sock.send(reply.chunk):]
-            if self._tls and not reply.close_notify_sent:
+            if self._tls and not reply.close_notify_sent and hasattr(sock, "unwrap"):
+                # (A plain socket has no unwrap: a plain-text answer on a TLS port.)
                 _send_close_notify(sock)
                 reply.close_notify_sent = True
             sock.shutdown(socket.SHUT_WR)

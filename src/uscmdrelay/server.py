@@ -21,8 +21,8 @@ from .eventloop import EVENT_READ, EVENT_WRITE, Loop
 # StartupError is what RelayServer() raises: callers import it from here.
 from .listeners import Listeners, StartupError, listen  # noqa: F401
 from .options import Options  # noqa: F401  (server.Options: the options it takes)
-from .protocol import (INTERNAL_ERROR, REQUEST_TIMEOUT, SERVER_BUSY, RelayError,
-                       RequestReader, encode_reply, error_reply)
+from .protocol import (BAD_JSON, INTERNAL_ERROR, PLAIN_ON_TLS, REQUEST_TIMEOUT,
+                       SERVER_BUSY, RelayError, RequestReader, encode_reply, error_reply)
 from .replies import ReplyWriter
 from .slots import ConnectionSlots
 
@@ -221,7 +221,7 @@ class RelayServer(object):
             sock, client = next(iter(self._reading.items()))
             if client.deadline > now:
                 break
-            self._refuse_request(sock, client.address, RelayError(
+            self._give_up(sock, client, RelayError(
                 REQUEST_TIMEOUT, "request not complete within %g s"
                 % self.options.request_timeout))
         self._writer.expire(now)  # a client that does not read its reply loses it
@@ -232,8 +232,18 @@ class RelayServer(object):
             self._dispatcher.stop_commands()
             while self._reading:
                 sock, client = next(iter(self._reading.items()))
-                self._refuse_request(sock, client.address, RelayError(
+                self._give_up(sock, client, RelayError(
                     REQUEST_TIMEOUT, "request not complete when the server stopped"))
+
+    def _give_up(self, sock, client, error):
+        """Ends a connection whose request did not come in time: with `error` as its
+        reply, or, before a TLS handshake is done, without one (any reply would be
+        plain text to a TLS client, or wait for the handshake)."""
+        if client.handshaking:
+            self._dispatcher.audit(logging.INFO, client.address, None, None, error.code)
+            self._close_reading(sock)
+        else:
+            self._refuse_request(sock, client.address, error)
 
     def _callback_failed(self, fileobj):
         """A loop callback raised: a bug must cost one connection at most, never the
@@ -253,16 +263,8 @@ class RelayServer(object):
         if refusal is not None:
             self._refuse_busy(sock, address, refusal)
             return
-        callback = self._read
-        if self._tls is not None:
-            try:
-                sock = self._tls.wrap_socket(sock, server_side=True,
-                                             do_handshake_on_connect=False)
-            except (OSError, ValueError) as error:
-                log.info("client=%s TLS failed: %s", format_address(address), error)
-                sock.close()
-                return
-            callback = self._handshake
+        # With TLS, the first bytes decide: a TLS client speaks first (_sniff).
+        callback = self._read if self._tls is None else self._sniff
         self._slots.take(sock, address)
         # The deadline covers a TLS handshake too: a slow one is a slow request.
         client = _Client(sock, address, RequestReader(self.options.max_request),
@@ -270,6 +272,45 @@ class RelayServer(object):
                          self._tls is not None)
         self._reading[sock] = client
         self._loop.watch(sock, EVENT_READ, callback)
+
+    def _sniff(self, sock):
+        """Looks at the first bytes on a TLS listener without taking them: a TLS record
+        starts the handshake; a plain JSON request (`{` after white space) gets a plain
+        JSON error saying the server speaks TLS, instead of a reset that says nothing
+        (nginx answers "plain HTTP request was sent to HTTPS port" likewise)."""
+        from . import tls
+        client = self._reading[sock]
+        try:
+            data = sock.recv(tls.SNIFF_BYTES, socket.MSG_PEEK)
+            kind = tls.first_bytes_kind(data)
+            if kind == "blank":
+                sock.recv(len(data))  # taken, or it would wake the loop again at once
+                return
+        except self._would_block:
+            return
+        except OSError:
+            kind = None
+        if kind in (None, "closed"):
+            self._close_reading(sock)
+            return
+        if kind == "plain":
+            self._refuse_request(sock, client.address, RelayError(BAD_JSON, PLAIN_ON_TLS))
+            return
+        self._loop.unwatch(sock)
+        del self._reading[sock]
+        try:
+            wrapped = self._tls.wrap_socket(sock, server_side=True,
+                                            do_handshake_on_connect=False)
+        except (OSError, ValueError) as error:
+            log.info("client=%s TLS failed: %s", format_address(client.address), error)
+            sock.close()
+            self._slots.release(sock)
+            return
+        self._slots.move(sock, wrapped)
+        client.sock = wrapped
+        self._reading[wrapped] = client
+        self._loop.watch(wrapped, EVENT_READ, self._handshake)
+        self._handshake(wrapped)
 
     def _handshake(self, sock):
         """Advances a TLS handshake; once done, the connection is read like any other."""

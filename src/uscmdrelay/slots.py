@@ -38,6 +38,11 @@ class ConnectionSlots(object):
         self._hosts[sock] = host
         self._per_host[host] = self._per_host.get(host, 0) + 1
 
+    def move(self, old, new):
+        """The place of `old` is now `new`'s: the same connection as a new object (a
+        socket wrapped for TLS)."""
+        self._hosts[new] = self._hosts.pop(old)
+
     def release(self, sock):
         """Frees the place of `sock`; one that holds none (refused, or freed already) is
         fine."""

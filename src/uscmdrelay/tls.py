@@ -14,6 +14,23 @@ WOULD_BLOCK = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
 WANT_WRITE = ssl.SSLWantWriteError
 
 
+# Enough to tell a TLS record from a JSON request after some blank lines.
+SNIFF_BYTES = 64
+
+
+def first_bytes_kind(data):
+    """What the first bytes on a TLS listener are: "closed" (none: end of stream),
+    "blank" (white space so far: no TLS record starts with it), "plain" (a plain-text
+    request: `{` after white space), or "tls" (anything else: a TLS record starts with
+    0x16, and garbage is left to the handshake to refuse)."""
+    if not data:
+        return "closed"
+    first = data.lstrip(b" \t\r\n")[:1]
+    if not first:
+        return "blank"
+    return "plain" if first == b"{" else "tls"
+
+
 class TLSError(Exception):
     """A TLS set-up problem; str() is the message for the user."""
 
