@@ -1,0 +1,1 @@
+../roles/uscmdrelay/library/uscmdrelay_call.py
