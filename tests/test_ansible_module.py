@@ -510,6 +510,90 @@ class RealTLSRelayTest(unittest.TestCase):
                                         "CERTIFICATE_VERIFY_FAILED" % self.server.port)
 
 
+# -- the README's shell idiom: xargs -P over a hosts file ------------------------------------
+
+XARGS_AUTH = "[{key}]\ndescription = xargs\nauth_clusters = backup\n".format(key=KEY)
+XARGS_RELAYS = "[backup]\nstatus = {command}\nstatus.max_args = 0\n"
+
+
+class ManyHostsShellTest(unittest.TestCase):
+    """README.md "Many hosts": the `xargs -P` block, run in bash as written (the port
+    aside) over relays on 127.0.0.2 and 127.0.0.3, and none on 127.0.0.4."""
+
+    def setUp(self):
+        for program in ("bash", "sh", "xargs", "tail"):
+            if shutil.which(program) is None:
+                self.skipTest("%s is not installed" % program)
+        self.work = tempfile.mkdtemp(prefix="uscmdrelay-xargs-")
+        self.addCleanup(shutil.rmtree, self.work, True)
+        self.port = free_port()
+        self.servers = {}
+        for address, command in (("127.0.0.2", "echo active"),
+                                 ("127.0.0.3", 'sh -c "echo inactive; exit 3"')):
+            directory = os.path.join(self.work, address)
+            os.mkdir(directory)
+            support.write_config(directory, auth=XARGS_AUTH,
+                                 relays=XARGS_RELAYS.format(command=command))
+            try:
+                server = ServerProcess(directory, args=["--host", address,
+                                                        "--port", str(self.port)])
+            except AssertionError as error:
+                self.skipTest("cannot start a relay on %s: %s" % (address, error))
+            self.addCleanup(server.stop)
+            self.servers[address] = server
+        bin_dir = os.path.join(self.work, "bin")
+        os.mkdir(bin_dir)
+        os.symlink(support.PYZ, os.path.join(bin_dir, "uscmdrelay"))
+        os.symlink(sys.executable, os.path.join(bin_dir, "python3"))
+        self.env = dict(os.environ, USCMDRELAY_AUTH_KEY=KEY,
+                        PATH=bin_dir + os.pathsep + os.environ.get("PATH", os.defpath))
+
+    def run_bash(self, script, hosts):
+        with open(os.path.join(self.work, "hosts.txt"), "w") as handle:
+            handle.write("".join(host + "\n" for host in hosts))
+        process = subprocess.Popen(["bash", "-c", script], cwd=self.work, env=self.env,
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, universal_newlines=True,
+                                   start_new_session=True)
+        try:
+            stdout, stderr = process.communicate(timeout=PLAYBOOK_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise AssertionError("bash ran past %g s:\n%s" % (PLAYBOOK_TIMEOUT,
+                                                              process.communicate()))
+        return process.returncode, stdout, stderr
+
+    def calls(self, address):
+        return self.servers[address].log_text().count('command="backup::status"')
+
+    def test_readme_idiom_calls_every_host_and_exits_123_naming_each_failure(self):
+        from tests.test_readme import README_PORT, readme_blocks
+        blocks = readme_blocks().get("many-hosts-xargs", [])
+        self.assertEqual(len(blocks), 1, "README.md needs one block marked "
+                                         "'<!-- test: many-hosts-xargs -->'")
+        self.assertIn(README_PORT, blocks[0])
+        hosts = ["127.0.0.4", "127.0.0.2", "127.0.0.3"]  # the refused one first
+        returncode, stdout, stderr = self.run_bash(
+            blocks[0].replace(README_PORT, str(self.port)), hosts)
+        context = "stdout:\n%s\nstderr:\n%s" % (stdout, stderr)
+        self.assertEqual((returncode, stdout), (0, "xargs exit status: 123\n"), context)
+        self.assertEqual(sorted(stderr.splitlines()), [
+            "127.0.0.3 failed, exit status 3: inactive",
+            "127.0.0.4 failed, exit status 255: uscmdrelay: cannot connect to 127.0.0.4 "
+            "port %d: Connection refused" % self.port], context)
+        with open(os.path.join(self.work, "out", "127.0.0.2")) as handle:
+            self.assertEqual(handle.read(), "active\n")
+        self.assertEqual((self.calls("127.0.0.2"), self.calls("127.0.0.3")), (1, 1))
+
+    def test_without_the_wrapper_xargs_stops_at_the_first_255(self):
+        # What the README warns about: the hosts after a relay error are never called.
+        script = ("xargs -P 1 -I HOST uscmdrelay call --host HOST --port %d "
+                  "backup::status < hosts.txt; echo \"xargs exit status: $?\"" % self.port)
+        returncode, stdout, stderr = self.run_bash(script, ["127.0.0.4", "127.0.0.2"])
+        self.assertEqual(stdout, "xargs exit status: 124\n", stderr)
+        self.assertEqual(self.calls("127.0.0.2"), 0)
+
+
 # -- the playbooks, run by ansible-playbook -------------------------------------------------
 
 RELAY_AUTH = "[{key}]\ndescription = ansible\nauth_clusters = default\n".format(key=KEY)
