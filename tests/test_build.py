@@ -135,5 +135,122 @@ class BuildTest(unittest.TestCase):
         self.assertIn("needs Python 3.6 or newer", lines[0])
 
 
+COUNT_TESTS = os.path.join(support.ROOT, ".ci", "count-tests")
+# `python3 -m unittest -v` logs of one module: a pass, a failure, an error, a pass that
+# wrote "noise" to stderr, a skipped test and a class skipped in setUpClass.
+LOG_36 = """\
+test_a (test_crafted.Passing) ... ok
+test_error (test_crafted.Passing) ... ERROR
+test_fail (test_crafted.Passing) ... FAIL
+test_noisy (test_crafted.Passing) ... noise
+ok
+test_skip (test_crafted.Passing) ... skipped 'not here'
+skipped 'no tool'
+
+======================================================================
+ERROR: test_error (test_crafted.Passing)
+----------------------------------------------------------------------
+Traceback (most recent call last):
+  File "/tmp/test_crafted.py", line 8, in test_error
+RuntimeError: boom ... ok
+
+======================================================================
+FAIL: test_fail (test_crafted.Passing)
+----------------------------------------------------------------------
+Traceback (most recent call last):
+  File "/tmp/test_crafted.py", line 7, in test_fail
+AssertionError: 1 != 2
+
+----------------------------------------------------------------------
+Ran 5 tests in 0.000s
+
+FAILED (failures=1, errors=1, skipped=2)
+"""
+# 3.12 style: the method in the test's name, the class skip named, skips not in "Ran";
+# and a class whose setUpClass failed.
+LOG_312 = """\
+test_a (test_crafted.Passing.test_a) ... ok
+test_error (test_crafted.Passing.test_error) ... ERROR
+test_fail (test_crafted.Passing.test_fail) ... FAIL
+test_noisy (test_crafted.Passing.test_noisy) ... noise
+ok
+test_skip (test_crafted.Passing.test_skip) ... skipped 'not here'
+setUpClass (test_crafted.SkippedClass) ... skipped 'no tool'
+setUpClass (test_crafted.Broken) ... ERROR
+
+======================================================================
+ERROR: test_error (test_crafted.Passing.test_error)
+----------------------------------------------------------------------
+RuntimeError: boom
+
+======================================================================
+ERROR: setUpClass (test_crafted.Broken)
+----------------------------------------------------------------------
+OSError: no fixture
+
+======================================================================
+FAIL: test_fail (test_crafted.Passing.test_fail)
+----------------------------------------------------------------------
+AssertionError: 1 != 2
+
+----------------------------------------------------------------------
+Ran 4 tests in 0.001s
+
+FAILED (failures=1, errors=2, skipped=2)
+"""
+CRAFTED_MODULE = """\
+import sys, unittest
+class Passing(unittest.TestCase):
+    def test_a(self): pass
+    def test_noisy(self): sys.stderr.write("noise\\n")
+    def test_skip(self): self.skipTest("not here")
+    def test_fail(self): self.assertEqual(1, 2)
+    def test_error(self): raise RuntimeError("boom")
+class SkippedClass(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls): raise unittest.SkipTest("no tool")
+    def test_x(self): pass
+    def test_y(self): pass
+"""
+
+
+class CountTestsTest(unittest.TestCase):
+    """.ci/count-tests, which .ci/run uses to total the passes exactly."""
+
+    def count(self, log_text):
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "log")
+        with open(path, "w") as handle:
+            handle.write(log_text)
+        result = subprocess.run(["bash", COUNT_TESTS, path], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, universal_newlines=True,
+                                timeout=60)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        return result.stdout
+
+    def test_counts_a_python_36_log_exactly(self):
+        self.assertEqual(self.count(LOG_36), "passed 2 failed 2 skipped 2\n")
+
+    def test_counts_a_python_312_log_with_a_failed_setupclass_exactly(self):
+        self.assertEqual(self.count(LOG_312), "passed 2 failed 3 skipped 2\n")
+
+    def test_counts_an_all_passing_log(self):
+        self.assertEqual(self.count("test_a (m.C) ... ok\n\n---\nRan 1 test in 0s\n\nOK\n"),
+                         "passed 1 failed 0 skipped 0\n")
+
+    def test_counts_this_interpreters_own_log_exactly(self):
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        with open(os.path.join(directory, "test_crafted.py"), "w") as handle:
+            handle.write(CRAFTED_MODULE)
+        result = subprocess.run([sys.executable, "-m", "unittest", "-v", "test_crafted"],
+                                cwd=directory, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, universal_newlines=True,
+                                timeout=60)
+        self.assertEqual(self.count(result.stdout), "passed 2 failed 2 skipped 2\n",
+                         result.stdout)
+
+
 if __name__ == "__main__":
     unittest.main()
