@@ -309,7 +309,8 @@ class AuthConfTest(unittest.TestCase):
         auth("[short]\nauth_clusters = a\n", warnings)
         self.assertEqual(warnings, [
             AUTH + ": [key %s] the key is shorter than 16 characters; use a long random "
-            "key" % config.key_fingerprint("short")])
+            "key ('uscmdrelay hash-key --generate' makes one)"
+            % config.key_fingerprint("short")])
         warnings = []
         self.assertEqual(auth("# nobody yet\n", warnings), {})
         self.assertEqual(warnings, [AUTH + ": no keys defined; every request will be "
@@ -529,12 +530,16 @@ class LoadConfigTest(unittest.TestCase):
                                   + "up.max_args = 0\n")
         self.assertEqual(config.load_config(directory).warnings, [])
 
-    def test_samples_load_once_copied_with_a_private_auth_conf(self):
+    def test_samples_load_once_copied_with_a_private_auth_conf_and_real_keys(self):
         directory = tempfile.mkdtemp(prefix="uscmdrelay-test-")
         self.addCleanup(shutil.rmtree, directory, True)
         samples = os.path.join(support.ROOT, "samples")
-        shutil.copy(os.path.join(samples, "auth.sample.conf"),
-                    os.path.join(directory, "auth.conf"))
+        with open(os.path.join(samples, "auth.sample.conf"), encoding="utf-8") as handle:
+            sample = handle.read()
+        # The placeholders are refused as they stand: replaced, as the README says.
+        with open(os.path.join(directory, "auth.conf"), "w", encoding="utf-8") as handle:
+            handle.write(sample.replace("replace-me-with-a-long-random-key",
+                                        "Zq3vT7pW1xR8mL2nB5cY4dKs"))
         shutil.copy(os.path.join(samples, "relays.sample.conf"),
                     os.path.join(directory, "relays.conf"))
         os.chmod(os.path.join(directory, "auth.conf"), 0o600)

@@ -312,10 +312,13 @@ class CodesDocumentedTest(ReadmeTestCase):
 
 class ConfigExamplesTest(ReadmeTestCase):
 
-    def test_sample_config_files_pass_configtest(self):
+    def test_sample_config_files_pass_configtest_once_the_keys_are_replaced(self):
         directory = self.temp_dir()
-        shutil.copy(os.path.join(SAMPLES, "auth.sample.conf"),
-                    os.path.join(directory, "auth.conf"))
+        with open(os.path.join(SAMPLES, "auth.sample.conf"), encoding="utf-8") as handle:
+            sample = handle.read()
+        with open(os.path.join(directory, "auth.conf"), "w", encoding="utf-8") as handle:
+            handle.write(sample.replace("replace-me-with-a-long-random-key",
+                                        "Zq3vT7pW1xR8mL2nB5cY4dKs"))
         shutil.copy(os.path.join(SAMPLES, "relays.sample.conf"),
                     os.path.join(directory, "relays.conf"))
         os.chmod(os.path.join(directory, "auth.conf"), 0o600)

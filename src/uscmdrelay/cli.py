@@ -26,6 +26,18 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(EXIT_USAGE, "%s: error: %s\n" % (self.prog, message))
 
+    def _check_value(self, action, value):
+        # The server takes no positional argument: any bare word is a subcommand, and a
+        # mistyped one gets one line with the likely fix, not argparse's list.
+        if isinstance(action, argparse._SubParsersAction) and value not in action.choices:
+            import difflib
+            close = difflib.get_close_matches(value, list(action.choices), 1)
+            hint = ("did you mean %r?" % close[0] if close
+                    else "commands: %s" % ", ".join(action.choices))
+            self.exit(EXIT_USAGE, "%s: unknown command %r (%s)\nTry '%s --help'.\n"
+                      % (self.prog, value, hint, self.prog))
+        argparse.ArgumentParser._check_value(self, action, value)
+
 
 def _number(convert, minimum, maximum=None, what="a number"):
     """An argparse type: `convert` the text and check it lies in [minimum, maximum]."""
@@ -86,6 +98,14 @@ def build_parser():
                                  "(for Ansible's validate:)")
     configtest.add_argument("--auth", metavar="FILE",
                             help="check FILE as if it were the config dir's auth.conf")
+    configtest.add_argument("--as", metavar="NAME", dest="shown_as",
+                            help="with --relays/--auth: name FILE so in messages, as the "
+                                 "path it will be installed at (relays.conf, "
+                                 "relays.d/NAME.conf, ... in the config dir; a drop-in's "
+                                 "path implies --dropin)")
+    configtest.add_argument("--strict", action="store_true",
+                            help="treat warnings as errors (exit 2); with --relays/--auth, "
+                                 "the warnings about FILE")
     configtest.add_argument("--user", metavar="USER",
                             help="check that auth files belong to USER (name or uid), the "
                                  "user the server will run as (default: the current user)")
@@ -204,8 +224,9 @@ def main(argv=None):
 
 
 def configtest(args):
-    from .config import (DROPIN_SUFFIX, ConfigError, find_config_dir, is_dropin_name,
-                         load_config)
+    from .config import (AUTH_DROPIN_DIR, AUTH_FILE, DROPIN_SUFFIX, RELAYS_DROPIN_DIR,
+                         RELAYS_FILE, ConfigError, find_config_dir, is_dropin_name,
+                         load_config, placement)
     if args.dropin and not (args.relays or args.auth):
         print("uscmdrelay: --dropin goes with --relays FILE or --auth FILE", file=sys.stderr)
         return EXIT_CONFIG
@@ -214,14 +235,35 @@ def configtest(args):
               "'%s' and does not start with '.'" % (args.dropin, DROPIN_SUFFIX),
               file=sys.stderr)
         return EXIT_CONFIG
+    if args.shown_as is not None and (args.dropin or bool(args.relays) == bool(args.auth)):
+        print("uscmdrelay: --as goes with one --relays FILE or --auth FILE, without "
+              "--dropin (--as relays.d/NAME is the drop-in NAME)", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         owner = _user_id(args.user)
-        config = load_config(args.config_dir or find_config_dir(),
-                             shell_exec=args.shell_exec, relays_file=args.relays,
-                             auth_file=args.auth, dropin=args.dropin, owner=owner)
+        directory = args.config_dir or find_config_dir()
+        dropin, shown = args.dropin, None
+        if args.shown_as is not None:
+            dropin, shown = (
+                placement(directory, args.shown_as, RELAYS_FILE, RELAYS_DROPIN_DIR)
+                if args.relays else
+                placement(directory, args.shown_as, AUTH_FILE, AUTH_DROPIN_DIR))
+        config = load_config(directory, shell_exec=args.shell_exec,
+                             relays_file=args.relays, auth_file=args.auth, dropin=dropin,
+                             owner=owner, shown_as=shown)
     except ConfigError as error:
         print("Config error: %s" % error, file=sys.stderr)
         return EXIT_CONFIG
+    if args.strict:
+        # Checking one file before it is installed, the rest may be mid-deployment
+        # (relays not there yet): only what is wrong in that file fails it.
+        checked = shown or args.relays or args.auth
+        errors = [warning for warning in config.warnings
+                  if checked is None or warning.startswith(checked + ": ")]
+        if errors:
+            for warning in errors:
+                print("Config error: %s" % warning, file=sys.stderr)
+            return EXIT_CONFIG
     print("Config OK")
     print("config dir: %s" % config.directory)
     print("files: %s" % ", ".join(config.files))
@@ -305,9 +347,31 @@ def hash_key(args):
         key = generate_key()
         print("New key (shown once; give it to the client): %s" % key, file=sys.stderr)
     else:
-        key = sys.stdin.readline().rstrip("\r\n")
+        key = _read_key(sys.stdin)
         if not key:
             print("uscmdrelay: no key on stdin (or use --generate)", file=sys.stderr)
             return EXIT_CONFIG
     print("[%s]" % hashed_key_section(key))
     return EXIT_OK
+
+
+def _read_key(stdin):
+    """The key on the first line of `stdin`. At a terminal it is asked for (on stderr)
+    and read with echo off, like a password: not left on the screen or in a recording."""
+    if not stdin.isatty():
+        return stdin.readline().rstrip("\r\n")
+    import termios
+    fd = stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    quiet = list(saved)
+    quiet[3] &= ~termios.ECHO  # the local flags
+    # Echo off before the prompt: a key typed as soon as it shows is not echoed either.
+    termios.tcsetattr(fd, termios.TCSADRAIN, quiet)
+    try:
+        sys.stderr.write("Key (not echoed): ")
+        sys.stderr.flush()
+        line = stdin.readline()
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        sys.stderr.write("\n")
+    return line.rstrip("\r\n")

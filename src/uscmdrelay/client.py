@@ -253,6 +253,8 @@ def _print_list(commands, stdout):
         low, high = entry.get("min_args"), entry.get("max_args")
         if low is None and high is None:
             count = "any"
+        elif high == 0:
+            count = "none"
         elif low == high:
             count = str(low)
         else:

@@ -32,8 +32,8 @@ AUTH_DROPIN_DIR = "auth.d"
 RELAYS_DROPIN_DIR = "relays.d"
 DROPIN_SUFFIX = ".conf"
 SEARCH_PATH = ("/etc/uscmdrelay", "/etc/opt/uscmdrelay", "~/.config/uscmdrelay")
-
-
+# A command's `cwd` that is missing fails each request with this code.
+_CWD_FAILURE_CODE = 3002
 
 
 class Command(object):
@@ -101,15 +101,27 @@ def default_config_dir():
 
 
 def load_config(directory, shell_exec=False, relays_file=None, auth_file=None,
-                dropin=False, owner=None):
+                dropin=False, owner=None, shown_as=None):
     """Loads and validates the configuration in `directory`; returns a `Config`.
 
     That is auth.conf then auth.d/*.conf, and relays.conf then relays.d/*.conf (each in
     lexical order). `relays_file`/`auth_file` stand in for relays.conf/auth.conf, or with
     `dropin` (True, or the name it will be installed under) for a drop-in: how
-    configtest checks a file before it is installed. Auth files must belong to `owner`
-    (a uid; default: this process' user). Raises ConfigError.
+    configtest checks a file before it is installed; `shown_as` is how messages name that
+    file (`configtest --as`). Auth files must belong to `owner` (a uid; default: this
+    process' user). Raises ConfigError.
     """
+    if not os.path.exists(directory):
+        # Not "relays.conf: file not found": the mistake is the directory's name.
+        raise ConfigError(directory, "the config dir does not exist; check --config-dir, "
+                          "or write a first configuration there with 'uscmdrelay init "
+                          "--config-dir %s'" % shlex.quote(directory))
+    names = {}
+    if shown_as is not None:
+        names[relays_file if relays_file is not None else auth_file] = shown_as
+
+    def show(path):
+        return names.get(path, path)
     warnings = []
     relays_paths = config_files(directory, RELAYS_FILE, RELAYS_DROPIN_DIR, relays_file,
                                 dropin, owner)
@@ -123,26 +135,45 @@ def load_config(directory, shell_exec=False, relays_file=None, auth_file=None,
         if auth_file is None:
             auth_paths = _existing(auth_paths, warnings)
     clusters = _merge(relays_paths, lambda path: parse_relays(
-        _read(path, directory, relays_file, owner), path, allow_empty=True),
-        lambda cluster: "[%s]" % cluster)
+        _read(path, directory, relays_file, owner, show(path)), show(path),
+        allow_empty=True), lambda cluster: "[%s]" % cluster, show)
     if not clusters and (relays_paths or relays_file is None and auth_file is None):
-        raise ConfigError(relays_paths[0] if relays_paths else
+        raise ConfigError(show(relays_paths[0]) if relays_paths else
                           os.path.join(directory, RELAYS_FILE),
                           "no clusters defined; add a section such as [default] "
                           "with a line 'name = command'")
     keys = _merge(auth_paths, lambda path: parse_auth(
-        _read(path, directory, auth_file, owner, secret=True), path, warnings,
-        allow_empty=True),
-                  lambda digest: "[key %s]" % digest_fingerprint(digest))
+        _read(path, directory, auth_file, owner, show(path), secret=True), show(path),
+        warnings, allow_empty=True),
+                  lambda digest: "[key %s]" % digest_fingerprint(digest), show)
     if not keys:
         warnings.append("%s: no keys defined; every request will be refused"
-                        % (auth_paths[0] if auth_paths else os.path.join(directory,
-                                                                          AUTH_FILE)))
+                        % (show(auth_paths[0]) if auth_paths else os.path.join(directory,
+                                                                                AUTH_FILE)))
     warn_about_references(keys, clusters, AUTH_FILE, "any relays file", warnings)
     if not shell_exec:
         _warn_about_executables(clusters, warnings)
+    _warn_about_working_dirs(clusters, warnings)
     warn_about_unguarded_arguments(clusters, Options(shell_exec=shell_exec), warnings)
-    return Config(directory, keys, clusters, warnings, relays_paths + auth_paths)
+    return Config(directory, keys, clusters, warnings,
+                  [show(path) for path in relays_paths + auth_paths])
+
+
+def placement(directory, shown_as, main_name, dropin_dir):
+    """Where `configtest --as NAME` says the file checked will be installed: NAME is
+    `main_name` or `dropin_dir`/NAME in `directory` (relative to it, or absolute).
+    Returns (dropin, path): False for the main file, else the drop-in's name; and the
+    path messages name the file by. Raises ConfigError."""
+    shown = os.path.join(directory, shown_as)
+    parent, name = os.path.split(os.path.normpath(shown))
+    if parent == os.path.normpath(directory) and name == main_name:
+        return False, shown
+    if parent == os.path.normpath(os.path.join(directory, dropin_dir)) and is_dropin_name(
+            name):
+        return name, shown
+    raise ConfigError("--as %s" % shown_as, "the file checked is installed as %s or as "
+                      "%s/NAME%s (NAME not starting with '.') in %s; give one of those"
+                      % (main_name, dropin_dir, DROPIN_SUFFIX, directory))
 
 
 def is_dropin_name(name):
@@ -190,24 +221,27 @@ def _existing(paths, warnings):
     return [path for path in paths if os.path.lexists(path)]
 
 
-def _merge(paths, parse_file, describe):
-    """Parses each file and merges the sections; a section in two files is an error."""
+def _merge(paths, parse_file, describe, show):
+    """Parses each file and merges the sections; a section in two files is an error.
+    `show(path)` is how messages name a file."""
     merged = {}
     origin = {}
     for path in paths:
         for name, value in parse_file(path).items():
             if name in merged:
-                raise ConfigError(path, "%s is already defined in %s"
-                                  % (describe(name), origin[name]))
+                raise ConfigError(show(path), "%s is already defined in %s"
+                                  % (describe(name), show(origin[name])))
             merged[name] = value
             origin[name] = path
     return merged
 
 
-def _read(path, directory, replacement, owner, secret=False):
+def _read(path, directory, replacement, owner, shown, secret=False):
     """Reads one file safely; `replacement` (a file named on the command line) is checked
-    on its own, every other file with the directories from `directory` down to it."""
-    return read_ini_file(path, secret, owner, None if path == replacement else directory)
+    on its own, every other file with the directories from `directory` down to it.
+    Messages name it `shown`."""
+    return read_ini_file(path, secret, owner, None if path == replacement else directory,
+                         shown)
 
 
 # ---------------------------------------------------------------------------------------
@@ -295,3 +329,17 @@ def _warn_about_executables(clusters, warnings):
                 warnings.append("%s: [%s] %s: %r is not an executable file%s" % (
                     path, cluster, name, program,
                     "" if os.sep in program else " on PATH"))
+
+
+def _warn_about_working_dirs(clusters, warnings):
+    """Warns about each `cwd` that is not a directory now: every request would fail."""
+    for cluster in sorted(clusters):
+        for name, command in sorted(clusters[cluster].items()):
+            cwd = command.policy.cwd
+            if cwd is None or os.path.isdir(cwd):
+                continue
+            warnings.append("%s: [%s] %s.cwd: %r %s; create it or fix the path (each "
+                            "request would fail with code %d)" % (
+                                command.path, cluster, name, cwd,
+                                "is not a directory" if os.path.exists(cwd)
+                                else "does not exist", _CWD_FAILURE_CODE))

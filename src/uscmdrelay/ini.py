@@ -56,23 +56,25 @@ class ConfigError(Exception):
 # ---------------------------------------------------------------------------------------
 # Opening files and directories
 
-def read_ini_file(path, secret=False, owner=None, config_dir=None):
+def read_ini_file(path, secret=False, owner=None, config_dir=None, shown=None):
     """Opens `path` safely, checks it and parses it; returns the parser or raises ConfigError.
 
     `secret`: an auth file (stricter rule, and messages that never quote it). `owner`: the
     uid the server runs as (default: this process' effective uid). `config_dir`: the config
     dir `path` was found in; each directory from it down to the file is checked too. Without
-    it (a file named on the command line) only the file itself is.
+    it (a file named on the command line) only the file itself is. `shown`: how messages
+    name the file (default: `path`).
     """
     kind = _SECRET_FILE if secret else _FILE
     parts = _parts_below(config_dir, path)
+    shown = path if shown is None else shown
     try:
         if parts is None:
-            fd = _open_checked(path, path, kind, owner)
+            fd = _open_checked(path, shown, kind, owner)
         else:
             fd = _open_below(config_dir, parts, kind, owner)
     except FileNotFoundError:
-        raise ConfigError(path, "file not found")
+        raise ConfigError(shown, "file not found")
     try:
         handle = open(fd, encoding="utf-8")
     except BaseException:
@@ -80,9 +82,9 @@ def read_ini_file(path, secret=False, owner=None, config_dir=None):
         raise
     try:
         with handle:
-            return read_ini(handle, path, secret)
+            return read_ini(handle, shown, secret)
     except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(path, "cannot read: %s" % reason(error))
+        raise ConfigError(shown, "cannot read: %s" % reason(error))
 
 
 def list_config_dir(config_dir, name, owner=None):

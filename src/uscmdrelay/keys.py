@@ -21,6 +21,10 @@ AUTH_OPTIONS = ("auth_clusters", "description", "allowed_hosts")
 # digits with at least one '.' or ':'. A key pasted into allowed_hosts is not.
 _ADDRESS_LIKE = re.compile(r"(?=[^.:]*[.:])[0-9A-Fa-f.:/%]{1,64}\Z")
 WEAK_KEY_CHARS = 16
+# samples/auth.sample.conf's keys are "replace-me-with-a-long-random-key-N": a copied
+# sample must not work as it stands.
+PLACEHOLDER_KEY_TEXT = "replace-me"
+MAKE_A_KEY = "uscmdrelay hash-key --generate"
 
 
 class KeyGrant(object):
@@ -101,9 +105,14 @@ def _section_digest(key, path, warnings):
             raise ConfigError(path, "a hashed key is 'sha256:' and 64 lowercase hex digits "
                               "(uscmdrelay hash-key prints one)", hide_key(key))
         return bytes.fromhex(match.group(1))
+    if PLACEHOLDER_KEY_TEXT in key.lower():
+        raise ConfigError(path, "this key is a placeholder from the sample, not a secret; "
+                          "replace the section name with a long random key, or its hash "
+                          "('%s' prints both)" % MAKE_A_KEY, hide_key(key))
     if len(key) < WEAK_KEY_CHARS:
         warnings.append("%s: [%s] the key is shorter than %d characters; use a long "
-                        "random key" % (path, hide_key(key), WEAK_KEY_CHARS))
+                        "random key ('%s' makes one)"
+                        % (path, hide_key(key), WEAK_KEY_CHARS, MAKE_A_KEY))
     return key_digest(key)
 
 

@@ -6,6 +6,7 @@ clean stop, 1 for a start-up failure, 2 for a configuration error.
 """
 
 import logging
+import os
 import signal
 import sys
 
@@ -18,6 +19,7 @@ from .server import RelayServer, StartupError
 log = logging.getLogger("uscmdrelay")
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+LOG_FILE_MODE = 0o640
 
 
 def serve(args):
@@ -102,9 +104,9 @@ def _fail(message, log_file):
 
 def _setup_logging(log_file, level):
     if log_file:
-        from logging.handlers import WatchedFileHandler
-        # WatchedFileHandler reopens the path when logrotate has moved the file.
-        handler = WatchedFileHandler(log_file)
+        # Reopened when logrotate has moved the file; created 0640 (less if the umask
+        # says so): it holds client addresses and arguments.
+        handler = _log_file_handler(log_file)
         formatter = logging.Formatter(LOG_FORMAT)
     else:
         handler = logging.StreamHandler(sys.stderr)
@@ -115,6 +117,26 @@ def _setup_logging(log_file, level):
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
+
+
+def _log_file_handler(path):
+    """A WatchedFileHandler for `path` whose every open, the first and each one after a
+    rotation, creates a missing file with LOG_FILE_MODE (masked by the umask); an
+    existing file keeps its mode. Raises OSError."""
+    from logging.handlers import WatchedFileHandler
+
+    class _LogFileHandler(WatchedFileHandler):
+        def _open(self):
+            fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                         | os.O_CLOEXEC, LOG_FILE_MODE)
+            try:
+                return open(fd, "a", encoding=self.encoding,
+                            errors=getattr(self, "errors", None))
+            except BaseException:
+                os.close(fd)
+                raise
+
+    return _LogFileHandler(path)
 
 
 class _Signals(object):
