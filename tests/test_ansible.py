@@ -24,6 +24,7 @@ import unittest
 
 from tests import support
 from tests.support import KEY, OTHER_KEY, ServerProcess, request
+from uscmdrelay.fingerprint import key_fingerprint
 
 ANSIBLE_VENV = os.environ.get("USCMDRELAY_ANSIBLE_VENV", "/tmp/uscmdrelay-ansible-venv")
 SAMPLES = os.path.join(support.ROOT, "samples", "ansible")
@@ -43,10 +44,14 @@ PLAY = """\
     - uscmdrelay
 """
 
+# Guarded, so that validate:'s configtest --strict has nothing to warn about.
 RELAYS = {
-    "base": {"default": {"echo": "echo", "true": "/bin/true", "date": "date +%Y-%m-%d"}},
+    "base": {"default": {"echo": "echo", "echo.arg_pattern": "[^-].*", "true": "/bin/true",
+                         "true.max_args": 0, "date": "date +%Y-%m-%d",
+                         "date.max_args": 0}},
     "ops": {"ops": {"hello": "echo hello from ops", "hello.timeout": 5,
-                    "hello.shell": False, "hello.max_args": 1}},
+                    "hello.shell": False, "hello.max_args": 1,
+                    "hello.arg_choices": "again"}},
 }
 HASHED_OTHER_KEY = "sha256:" + hashlib.sha256(OTHER_KEY.encode("utf-8")).hexdigest()
 KEYS = [
@@ -264,7 +269,7 @@ class AnsibleRoleTest(unittest.TestCase):
         self.assertEqual(sorted(os.listdir(config_dir + "/relays.d")),
                          ["base.conf", "ops.conf"])
         self.assertIn(b"\n[ops]\nhello = echo hello from ops\nhello.timeout = 5\n"
-                      b"hello.shell = no\nhello.max_args = 1\n",
+                      b"hello.shell = no\nhello.max_args = 1\nhello.arg_choices = again\n",
                       _read(config_dir + "/relays.d/ops.conf"))
 
     def test_installed_configuration_passes_configtest_listing_every_file(self):
@@ -352,7 +357,9 @@ class AnsibleRoleTest(unittest.TestCase):
         returncode, output = self.run_playbook(_variables(root, uscmdrelay_relays=broken))
         self.assertNotEqual(returncode, 0, output)
         self.assertIn("failed to validate", output)
-        self.assertIn("[ops] hello: No closing quotation", output)
+        # --as: the message names the file being replaced, not Ansible's temporary file.
+        self.assertIn("Config error: %s/relays.d/ops.conf: [ops] hello: No closing "
+                      "quotation" % (root + CONFIG_DIR), output)
         after = dict((name, _read(os.path.join(relays_dir, name)))
                      for name in os.listdir(relays_dir))
         self.assertEqual(after, before)  # byte-identical, and no stray temporary file
@@ -366,7 +373,8 @@ class AnsibleRoleTest(unittest.TestCase):
         # Another role's drop-in: not the role's to remove.
         with open(os.path.join(relays_dir, "other-role.conf"), "w") as handle:
             handle.write("[other]\nx = /bin/true\n")
-        changed = {"base": {"default": {"echo": "echo", "uptime": "uptime"}}}
+        changed = {"base": {"default": {"echo": "echo", "echo.arg_pattern": "[^-].*",
+                                        "uptime": "uptime", "uptime.max_args": 0}}}
         output = self.assert_played(self.run_playbook(
             _variables(root, uscmdrelay_relays=changed)))
         self.assertEqual(sorted(os.listdir(relays_dir)), ["base.conf", "other-role.conf"])
@@ -378,6 +386,29 @@ class AnsibleRoleTest(unittest.TestCase):
         self.assertEqual(self.files_line(configtest), [
             relays_dir + "/base.conf", relays_dir + "/other-role.conf",
             root + CONFIG_DIR + "/auth.conf"])
+
+    def test_strict_validate_refuses_a_misspelled_cluster_and_an_unguarded_command(self):
+        self.assert_played(self.install_result)
+        root = self.copy_of_installed_root()
+        config_dir = root + CONFIG_DIR
+        auth_before = _read(config_dir + "/auth.conf")
+        keys = json.loads(json.dumps(KEYS))
+        keys[0]["clusters"] = ["default", "opps"]
+        returncode, output = self.run_playbook(_variables(root, uscmdrelay_keys=keys))
+        self.assertNotEqual(returncode, 0, output)
+        self.assertIn("failed to validate", output)
+        self.assertIn("Config error: %s/auth.conf: [key %s] auth_clusters: cluster 'opps' "
+                      "is not defined in any relays file"
+                      % (config_dir, key_fingerprint(KEY)), output)
+        self.assertEqual(_read(config_dir + "/auth.conf"), auth_before)
+        unguarded = json.loads(json.dumps(RELAYS))
+        del unguarded["ops"]["ops"]["hello.max_args"], unguarded["ops"]["ops"][
+            "hello.arg_choices"]
+        returncode, output = self.run_playbook(_variables(root,
+                                                          uscmdrelay_relays=unguarded))
+        self.assertNotEqual(returncode, 0, output)
+        self.assertIn("Config error: %s/relays.d/ops.conf: [ops] hello: client arguments "
+                      "are appended unguarded" % config_dir, output)
 
     @unittest.skipUnless(hasattr(os, "geteuid") and os.geteuid() == 0,
                          "needs root to give the files to another user")
