@@ -380,5 +380,16 @@ class ListCountTest(unittest.TestCase):
         self.assertEqual(counts, ["none", "none", "1", "0-3", "any"])
 
 
+class SampleUnitDocumentationTest(unittest.TestCase):
+
+    def test_the_documentation_file_is_one_the_install_steps_install(self):
+        with open(os.path.join(SAMPLES, "uscmdrelay.sample.service")) as handle:
+            text = handle.read()
+        documentation = re.findall(r"^Documentation=file://(\S+)$", text, re.M)
+        self.assertEqual(len(documentation), 1, text)
+        self.assertRegex(text, r"(?m)^#\s+install .*README\.md %s$"
+                         % re.escape(documentation[0]))
+
+
 if __name__ == "__main__":
     unittest.main()

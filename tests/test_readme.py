@@ -397,6 +397,62 @@ class ConfigExamplesTest(ReadmeTestCase):
         self.assertEqual(reply.decode("utf-8"), shown[0] + "\n")
 
 
+class FirstHourExamplesTest(ReadmeTestCase):
+    """Examples a new user follows first: configtest's summary, the refused placeholder,
+    and the throwaway CA of the TLS section."""
+
+    def test_configtest_example_prints_the_summary_of_what_init_writes(self):
+        commands, output = transcript(self.block("configtest-output"))
+        self.assertEqual(commands, ["uscmdrelay configtest"])
+        directory = os.path.join(self.temp_dir(), "uscmdrelay")
+        status, _, stderr = run_pyz(["init", "--config-dir", directory])
+        self.assertEqual(status, 0, stderr)
+        status, stdout, stderr = run_pyz(["--config-dir", directory, "configtest"])
+        self.assertEqual(status, 0, stderr)
+        shown = [line.replace("/home/me/.config/uscmdrelay", directory) for line in output]
+        self.assertEqual(stdout.splitlines(), shown)
+
+    def test_placeholder_key_error_is_what_the_readme_shows(self):
+        shown = [line.rstrip(".").strip("`") for line in self.text.splitlines()
+                 if "this key is a placeholder" in line]
+        self.assertEqual(len(shown), 1)
+        directory = support.make_config_dir(self, auth=self.block("auth-placeholder"),
+                                            relays="[default]\nt = /bin/true\n")
+        status, _, stderr = run_pyz(["--config-dir", directory, "configtest"])
+        self.assertEqual(status, 2)
+        self.assertEqual(stderr.strip(), shown[0].replace("/etc/uscmdrelay", directory))
+
+    def test_tls_ca_recipe_makes_a_certificate_call_verifies(self):
+        need_programs(self, "bash", "openssl")
+        work = self.temp_dir()
+        process = subprocess.run(["bash", "-e", "-c", self.block("tls-ca-recipe")],
+                                 cwd=work, stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 universal_newlines=True, env=clean_environment(),
+                                 timeout=SCRIPT_TIMEOUT)
+        self.assertEqual(process.returncode, 0, process.stdout)
+        path = lambda name: os.path.join(work, name)  # noqa: E731
+        for name in ("ca.key", "server.key"):
+            self.assertEqual(stat.S_IMODE(os.stat(path(name)).st_mode), 0o600)
+        auth = "[%s]\nauth_clusters = default\n" % support.KEY
+        directory = support.make_config_dir(
+            self, auth=auth, relays="[default]\necho = /bin/echo\necho.arg_pattern = \\w+\n")
+        server = support.start_server(self, config_dir=directory, args=[
+            "--tls-cert", path("server.pem"), "--tls-key", path("server.key")])
+        for extra in ([], ["--tls-server-name", "relay.example.org"]):
+            with self.subTest(extra=extra):
+                call = subprocess.run(
+                    support.command() + ["call", "--host", "127.0.0.1", "--port",
+                                         str(server.port), "--tls-ca", path("ca.pem")]
+                    + extra + ["echo", "over", "tls"],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, universal_newlines=True,
+                    env=clean_environment(USCMDRELAY_AUTH_KEY=support.KEY),
+                    timeout=SCRIPT_TIMEOUT)
+                self.assertEqual((call.returncode, call.stdout, call.stderr),
+                                 (0, "over tls\n", ""))
+
+
 class ShellExecExampleTest(ReadmeTestCase):
     """The `--shell-exec` example: `; rm -rf /` and `$(id)` arrive literally either way."""
 
