@@ -69,7 +69,8 @@ class UnknownCommandTest(unittest.TestCase):
         result = run_cli(["frobnicate"])
         self.assertEqual(result.returncode, 2)
         self.assertEqual(result.stderr, "uscmdrelay: unknown command 'frobnicate' (commands: "
-                         "configtest, init, call, hash-key)\nTry 'uscmdrelay --help'.\n")
+                         "configtest, init, call, check, import-nrpe, hash-key)\nTry "
+                         "'uscmdrelay --help'.\n")
 
     def test_calls_command_word_is_still_the_remote_command(self):
         result = run_cli(["call", "confgtest", "--list"], env={"USCMDRELAY_AUTH_KEY": ""})

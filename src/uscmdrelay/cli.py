@@ -86,7 +86,8 @@ def build_parser():
                         help="require a client certificate signed by this CA (mutual TLS)")
     add_server_options(*server_options)  # --shutdown-timeout, and any added later
     commands = parser.add_subparsers(dest="subcommand", title="commands",
-                                     metavar="{configtest,init,call,hash-key}")
+                                     metavar="{configtest,init,call,check,hash-key,"
+                                             "import-nrpe}")
     configtest = commands.add_parser(
         "configtest", help="check the configuration and exit",
         description="Check auth.conf and relays.conf; exit 0 when valid, 2 when not.")
@@ -128,6 +129,17 @@ def build_parser():
                     "comes from $USCMDRELAY_AUTH_KEY or --key-file. Exit status: the "
                     "command's (128+N if killed by signal N), or 255 for a relay error.")
     _add_call_arguments(call)
+    # `check` reads its own words (check.run_check); this entry is for --help.
+    commands.add_parser("check", add_help=False,
+                        help="run a command as a Nagios/Icinga plugin (check_nrpe's options)")
+    import_nrpe = commands.add_parser(
+        "import-nrpe", help="print a relays.conf section converted from an nrpe.cfg",
+        description="Read FILE (an nrpe.cfg, with its include= and include_dir= files) "
+                    "and print its command[...] lines as a relays.conf section; what "
+                    "cannot be carried over is listed in a comment at its top.")
+    import_nrpe.add_argument("file", metavar="FILE", help="the nrpe.cfg to read")
+    import_nrpe.add_argument("--cluster", default="default",
+                             help="the section to print (default: default)")
     hash_key = commands.add_parser(
         "hash-key", help="print the auth.conf section header of a hashed key",
         description="Read a key from stdin (or generate one) and print the [sha256:...] "
@@ -199,6 +211,10 @@ def _add_config_dir(subparser, default_text=""):
 def main(argv=None):
     """Runs the command line; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    check_words = _check_words(argv)
+    if check_words is not None:
+        from .check import run_check
+        return run_check(check_words)
     remote_arguments = None
     if "call" in argv:
         # The remote command's words must reach it untouched, '--' included: set them
@@ -219,8 +235,23 @@ def main(argv=None):
         return run_call(args)
     if args.subcommand == "hash-key":
         return hash_key(args)
+    if args.subcommand == "import-nrpe":
+        from .nrpe import run_import
+        return run_import(args.file, args.cluster)
     from .service import serve
     return serve(args)
+
+
+def _check_words(argv):
+    """The words after `check` when it is the subcommand (every word before it an
+    option or an option's value), else None."""
+    for index, word in enumerate(argv):
+        if word == "check":
+            return argv[index + 1:]
+        if not word.startswith("-") and not (index and argv[index - 1].startswith("--")
+                                             and "=" not in argv[index - 1]):
+            return None
+    return None
 
 
 def configtest(args):
@@ -298,6 +329,9 @@ def _print_commands(config, args):
         for name, command in sorted(config.clusters[cluster].items()):
             policy = command.policy
             print("%s::%s = %s" % (cluster, name, command.line))
+            if command.template is not None:  # what min_args/max_args default to
+                print("    %-12s %s" % ("placeholders", " ".join(
+                    "$ARG%d$" % number for number in command.template.numbers())))
             for setting in SETTINGS:
                 value, flag = policy.effective(setting, args)
                 text = _show_setting(value)

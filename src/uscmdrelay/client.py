@@ -30,9 +30,10 @@ TLS_OPTIONS = ("tls_ca", "tls_cert", "tls_key", "tls_server_name")
 class CallError(Exception):
     """The call failed before a reply could be used; str() is the message."""
 
-    def __init__(self, message, code=None):
+    def __init__(self, message, code=None, timed_out=False):
         Exception.__init__(self, message)
         self.code = code
+        self.timed_out = timed_out  # the server did not answer (or accept) in time
 
     def __str__(self):
         text = Exception.__str__(self)
@@ -52,16 +53,16 @@ def run_call(args, stdout=None, stderr=None):
         stderr.write("uscmdrelay: %s\n" % error)
         return EXIT_USAGE
     request = {"auth_key": key,
-               "command": LIST_COMMAND if args.list else _utf8(args.command)}
+               "command": LIST_COMMAND if args.list else typed_text(args.command)}
     if not args.list:
-        request["arguments"] = [_utf8(argument) for argument in args.arguments]
+        request["arguments"] = [typed_text(argument) for argument in args.arguments]
     try:
         raw, reply = exchange(args, request)
     except CallError as error:
         stderr.write("uscmdrelay: %s\n" % error)
         return EXIT_RELAY_ERROR
     if args.json:
-        _write(stdout, raw.decode("utf-8", "replace"))
+        write_text(stdout, raw.decode("utf-8", "replace"))
     elif args.list and reply.get("code") == OK:
         _print_list(reply.get("commands") or [], stdout)
         return 0
@@ -72,7 +73,7 @@ def run_call(args, stdout=None, stderr=None):
     return exit_status(reply, stderr, quiet=args.json)
 
 
-def _utf8(word):
+def typed_text(word):
     """A command-line word as the user typed it: in a C locale Python decodes argv as
     ASCII with surrogate escapes, which would reach the server as invalid text."""
     return os.fsencode(word).decode("utf-8", "replace")
@@ -114,15 +115,16 @@ def read_key(key_file):
     return key
 
 
-def exchange(args, request):
-    """Sends `request`; returns (raw reply bytes, reply object). Raises CallError."""
+def exchange(args, request, timeout_option="--timeout"):
+    """Sends `request`; returns (raw reply bytes, reply object). Raises CallError, with
+    `timed_out` set when `args.timeout` (the flag `timeout_option`) ran out."""
     deadline = time.monotonic() + args.timeout
     context = _tls_context(args) if uses_tls(args) else None
     where = "%s port %d" % (args.host, args.port)
     try:
         sock = socket.create_connection((args.host, args.port), timeout=args.timeout)
     except socket.timeout:
-        raise CallError("cannot connect to %s: timed out" % where)
+        raise CallError("cannot connect to %s: timed out" % where, timed_out=True)
     except OSError as error:
         raise CallError("cannot connect to %s: %s" % (where, reason(error)))
     try:
@@ -139,7 +141,8 @@ def exchange(args, request):
             raw = _read_reply(sock, deadline)
         except socket.timeout:
             _reset_on_close(sock)
-            raise CallError("no reply from %s within %g s (--timeout)" % (where, args.timeout))
+            raise CallError("no reply from %s within %g s (%s)"
+                            % (where, args.timeout, timeout_option), timed_out=True)
         except ConnectionResetError as error:
             if context is None:
                 # What a TLS server of an older version answers a plain-text request.
@@ -220,11 +223,11 @@ def _write_output(reply, stdout, stderr):
     """Writes the command's own output, as it was, when the command ran."""
     if "exit_code" not in reply:
         return
-    _write(stdout, reply.get("stdout") or "")
-    _write(stderr, reply.get("stderr") or "")
+    write_text(stdout, reply.get("stdout") or "")
+    write_text(stderr, reply.get("stderr") or "")
 
 
-def _write(stream, text):
+def write_text(stream, text):
     """Writes `text` as UTF-8 whatever the locale (LC_ALL=C must not turn a command's
     'é' into a UnicodeEncodeError), and flushes."""
     binary = getattr(stream, "buffer", None)
@@ -234,6 +237,7 @@ def _write(stream, text):
         stream.flush()
         binary.write(text.encode("utf-8", "replace"))
     stream.flush()
+
 
 
 def exit_status(reply, stderr, quiet=False):
@@ -262,4 +266,4 @@ def _print_list(commands, stdout):
         rows.append((entry.get("command", ""), count, entry.get("description") or ""))
     width = max(len(row[0]) for row in rows)
     for name, count, description in rows:
-        _write(stdout, ("%-*s  %-5s  %s" % (width, name, count, description)).rstrip() + "\n")
+        write_text(stdout, ("%-*s  %-5s  %s" % (width, name, count, description)).rstrip() + "\n")

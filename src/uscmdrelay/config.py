@@ -17,6 +17,7 @@ from .keys import (ALL_CLUSTERS, HASHED_KEY_PREFIX, KeyGrant, key_digest, key_fi
                    parse_auth, warn_about_references)
 from .guards import warn_about_unguarded_arguments
 from .options import Options
+from .placeholders import template_for
 from .policy import SETTINGS, Policy
 
 # The configuration's API, auth.conf's and the INI rules' parts included, so callers
@@ -37,18 +38,22 @@ _CWD_FAILURE_CODE = 3002
 
 
 class Command(object):
-    """One relay: `argv` (the configured command split with shlex), its source `line`
-    and its `policy` (the NAME.SETTING lines of its section)."""
+    """One relay: `argv` (the configured command split with shlex), its source `line`,
+    its `policy` (the NAME.SETTING lines of its section) and its `template` (a
+    placeholders.Template when the line holds `$ARGn$`, else None)."""
 
-    __slots__ = ("cluster", "name", "line", "argv", "policy", "path")
+    __slots__ = ("cluster", "name", "line", "argv", "policy", "path", "template")
 
-    def __init__(self, cluster, name, line, argv, policy=None, path=None):
+    def __init__(self, cluster, name, line, argv, policy=None, path=None, template=None):
         self.cluster = cluster
         self.name = name
         self.line = line
         self.argv = argv
         self.policy = policy if policy is not None else Policy()
         self.path = path  # the file that defines it
+        self.template = template
+        if template is not None:
+            self.policy.placeholders = template.highest
 
     @property
     def full_name(self):
@@ -151,6 +156,7 @@ def load_config(directory, shell_exec=False, relays_file=None, auth_file=None,
                         % (show(auth_paths[0]) if auth_paths else os.path.join(directory,
                                                                                 AUTH_FILE)))
     warn_about_references(keys, clusters, AUTH_FILE, "any relays file", warnings)
+    _check_shell_placeholders(clusters, Options(shell_exec=shell_exec))
     if not shell_exec:
         _warn_about_executables(clusters, warnings)
     _warn_about_working_dirs(clusters, warnings)
@@ -262,8 +268,13 @@ def parse_relays(parser, path, allow_empty=False):
             if "." in name:
                 settings.append((name, line))
                 continue
-            commands[name] = Command(cluster, name, line, split_command_line(
-                line, path, cluster, name), path=path)
+            argv = split_command_line(line, path, cluster, name)
+            try:
+                template = template_for(line, argv)
+            except ValueError as error:
+                raise ConfigError(path, str(error), cluster, name)
+            commands[name] = Command(cluster, name, line, argv, path=path,
+                                     template=template)
         for option, value in settings:
             _apply_setting(commands, option, value, path, cluster)
         for name, command in commands.items():
@@ -314,6 +325,18 @@ def _check_name(value, path, section, option, what):
     if value != value.strip() or not value:
         raise ConfigError(path, "a %s name may not be empty or start or end with white "
                           "space" % what, section, option)
+
+
+def _check_shell_placeholders(clusters, options):
+    """Raises ConfigError for a placeholder that a shell would not read as one word."""
+    for cluster in sorted(clusters):
+        for name, command in sorted(clusters[cluster].items()):
+            if command.template is None or not command.policy.effective("shell", options)[0]:
+                continue
+            try:
+                command.template.check_shell()
+            except ValueError as error:
+                raise ConfigError(command.path, str(error), cluster, name)
 
 
 def _warn_about_executables(clusters, warnings):

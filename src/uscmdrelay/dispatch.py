@@ -204,8 +204,9 @@ class Dispatcher(object):
 def _describe(command):
     """One entry of the `::list` reply."""
     policy = command.policy
+    low, high = policy.argument_limits()
     return {"command": command.full_name, "description": policy.description,
-            "min_args": policy.min_args, "max_args": policy.max_args}
+            "min_args": low, "max_args": high}
 
 
 def _reply_for(outcome, timeout, stopping=False):

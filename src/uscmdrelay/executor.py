@@ -56,8 +56,14 @@ def build_argv(command, arguments, shell=False):
 
     Without a shell the arguments are argv entries of their own and arrive literally.
     With one, each argument is shlex-quoted onto the configured line, so a client can
-    never add shell syntax: `; rm -rf /` stays one literal word.
+    never add shell syntax: `; rm -rf /` stays one literal word. A command with
+    placeholders (`command.template`) gets each argument in the place of its `$ARGn$`,
+    the same way, and none appended.
     """
+    template = getattr(command, "template", None)
+    if template is not None:
+        return [SHELL, "-c", template.shell_line(arguments)] if shell \
+            else template.argv(arguments)
     if shell:
         words = [command.line] + [shlex.quote(argument) for argument in arguments]
         return [SHELL, "-c", " ".join(words)]

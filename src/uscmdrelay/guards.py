@@ -29,6 +29,11 @@ def warn_about_unguarded_arguments(clusters, options, warnings):
                 continue
             shell = policy.effective("shell", options)[0]
             place = "%s: [%s] %s: " % (command.path, cluster, name)
+            if command.template is not None:
+                if not policy.limits_arguments():
+                    _warn_about_placeholders(command.template.exposed(shell), place, name,
+                                             warnings)
+                continue
             if shell:
                 words, operator, comment = scan_shell_line(command.line)
                 if comment:
@@ -47,13 +52,32 @@ def warn_about_unguarded_arguments(clusters, options, warnings):
                     continue
             else:
                 words = command.argv
-            # Argument placeholders, once they exist, would be a third guard here.
             if policy.limits_arguments() or END_OF_OPTIONS in words[1:]:
                 continue
             warnings.append(
                 place + "client arguments are appended unguarded (an argument such as "
                 "'-f FILE' becomes an option); set {0}.max_args = 0, or end the command "
                 "line with '--' and set {0}.arg_pattern or {0}.arg_choices".format(name))
+
+
+_PLACEHOLDER_RISKS = {
+    "program": "is the program to run",
+    "option": "starts a word with no '--' before it (an argument such as '-f FILE' "
+              "becomes an option)",
+    "script": "is part of the script a shell runs (an argument such as '; reboot' "
+              "becomes a command)",
+}
+
+
+def _warn_about_placeholders(exposed, place, name, warnings):
+    """A placeholder alone guards nothing: `rsync -a $ARG1$ /backup/` with the argument
+    `--rsh=evil` is still an option. Warns about each one exposed that way."""
+    for number, risk in exposed:
+        warnings.append(
+            place + "the client argument $ARG{1}$ {2}; set {0}.arg_pattern or "
+            "{0}.arg_choices{3}".format(
+                name, number, _PLACEHOLDER_RISKS[risk],
+                ", or put '--' before it" if risk == "option" else ""))
 
 
 def scan_shell_line(line):

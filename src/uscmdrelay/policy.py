@@ -94,13 +94,16 @@ _CONVERTER = dict(CONVERTERS)
 
 
 class Policy(object):
-    """A command's settings; None where relays.conf does not set one."""
+    """A command's settings; None where relays.conf does not set one. `placeholders`:
+    the highest `$ARGn$` of its command line (0 without), the default of min_args and
+    max_args."""
 
-    __slots__ = SETTINGS
+    __slots__ = SETTINGS + ("placeholders",)
 
     def __init__(self):
         for name in SETTINGS:
             setattr(self, name, None)
+        self.placeholders = 0
 
     def set(self, setting, text):
         """Sets `setting` from its text; raises KeyError (unknown) or ValueError (bad)."""
@@ -108,16 +111,33 @@ class Policy(object):
 
     def validate(self):
         """Raises ValueError for settings that contradict each other."""
-        if (self.min_args is not None and self.max_args is not None
-                and self.min_args > self.max_args):
-            raise ValueError("min_args (%d) is greater than max_args (%d)"
-                             % (self.min_args, self.max_args))
+        if self.placeholders and self.max_args is not None \
+                and self.max_args > self.placeholders:
+            raise ValueError("max_args (%d) is more than the highest placeholder, $ARG%d$: "
+                             "a command with placeholders takes no other arguments"
+                             % (self.max_args, self.placeholders))
+        low, high = self.argument_limits()
+        if low is not None and high is not None and low > high:
+            raise ValueError("min_args (%d) is greater than max_args (%d%s)" % (
+                low, high, "" if self.max_args is not None
+                else ", from the highest placeholder $ARG%d$" % high))
+
+    def argument_limits(self):
+        """(min_args, max_args) in force: the settings, else the highest placeholder
+        for a command that has some; None for no limit."""
+        low, high = self.min_args, self.max_args
+        if self.placeholders:
+            low = self.placeholders if low is None else low
+            high = self.placeholders if high is None else high
+        return low, high
 
     def effective(self, setting, options):
         """Returns (value, flag): the value of `setting` in force under the server's
         `options` (an options.Options, or the parsed command line), and the flag it
         comes from, or None when relays.conf sets it (or no flag stands behind it)."""
         value = getattr(self, setting)
+        if value is None and self.placeholders and setting in ("min_args", "max_args"):
+            return self.placeholders, "$ARG%d$" % self.placeholders
         if value is not None or setting not in INHERITED:
             return value, None
         name, flag = INHERITED[setting]
@@ -137,12 +157,11 @@ class Policy(object):
     def check(self, arguments):
         """Raises RelayError(2007) unless the policy allows `arguments`."""
         count = len(arguments)
-        if self.min_args is not None and count < self.min_args:
-            _refuse("takes at least %d argument%s, got %d"
-                    % (self.min_args, _plural(self.min_args), count))
-        if self.max_args is not None and count > self.max_args:
-            _refuse("takes at most %d argument%s, got %d"
-                    % (self.max_args, _plural(self.max_args), count))
+        low, high = self.argument_limits()
+        if low is not None and count < low:
+            _refuse("takes at least %d argument%s, got %d" % (low, _plural(low), count))
+        if high is not None and count > high:
+            _refuse("takes at most %d argument%s, got %d" % (high, _plural(high), count))
         for position, argument in enumerate(arguments, 1):
             if self.arg_pattern is not None and not self.arg_pattern.fullmatch(argument):
                 _refuse("argument %d (%s) does not match arg_pattern"
