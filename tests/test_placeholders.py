@@ -208,5 +208,26 @@ class EndToEndTest(unittest.TestCase):
         self.assertEqual((entry[0]["min_args"], entry[0]["max_args"]), (2, 2))
 
 
+class ReadmeTest(unittest.TestCase):
+
+    def test_the_readme_example_is_valid_guarded_and_runs_as_shown(self):
+        from tests.test_readme import readme_blocks, run_pyz
+        block = readme_blocks()["placeholder-relays"][0]
+        directory = support.make_config_dir(self, relays=block)
+        status, out, err = run_pyz(["--config-dir", directory, "configtest", "--list"])
+        self.assertEqual(status, 0, err)
+        self.assertEqual([line for line in out.splitlines() if "$ARG" in line
+                          and line.startswith("warning")], [])
+        self.assertIn("    min_args     3 ($ARG3$)\n", out)
+        server = support.start_server(self, config_dir=directory)
+        reply = support.request(server.port, command="hello", arguments=["my files; id"])
+        self.assertEqual(reply["stdout"], "hello-my files; id\n")
+        with self.assertRaises(config.ConfigError) as caught:
+            parse(block.replace("grep -- $ARG1$", 'grep -- "$ARG1$"'))
+        self.assertEqual(str(caught.exception), "%s: [default] top: $ARG1$ is inside double "
+                         "quotes, where the quoting of its argument would not hold; write it "
+                         "outside quotes (the argument is quoted for you)" % RELAYS)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -78,7 +78,7 @@ def build_parser():
         description="Run COMMAND on a uscmdrelay server as a Nagios/Icinga plugin: its "
                     "exit status 0-3 and its output pass through; anything else is "
                     "UNKNOWN (or the -t state for a timeout), on one line. The key comes "
-                    "from $USCMDRELAY_AUTH_KEY or --key-file.")
+                    "from $USCMDRELAY_AUTH_KEY or a key file (never the command line).")
     parser.add_argument("-H", "--host", default="127.0.0.1",
                         help="server name or address (default: 127.0.0.1)")
     parser.add_argument("-p", "--port", type=_port,
