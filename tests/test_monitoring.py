@@ -160,6 +160,8 @@ class NagiosTest(unittest.TestCase):
         local_sample = os.path.join(scratch, "uscmdrelay.cfg")
         _write(local_sample, sample)
         directory = nagios_dir(self, local_sample)
+        status, output = _run([NAGIOS, "-v", os.path.join(directory, "nagios.cfg")])
+        self.assertEqual(status, 0, output)  # a broken sample fails here, never skips
         log = open(os.path.join(directory, "daemon.out"), "wb")
         self.addCleanup(log.close)
         nagios = subprocess.Popen([NAGIOS, os.path.join(directory, "nagios.cfg")],

@@ -74,6 +74,9 @@ class ImportTest(unittest.TestCase):
                 # NRPE's $$ is one $: doubled again next to a placeholder; a shell's.
                 "check_cost = echo 'price $$5' $ARG1$\ncheck_cost.max_args = 1\n"
                 "check_cost.shell = yes\n",
+                # In a shell line the quotes around a lone placeholder go (it is quoted).
+                "check_log = tail -1 $ARG1$ | grep -c $ARG2$\ncheck_log.max_args = 2\n"
+                "check_log.shell = yes\n",
                 "# %s/local.cfg:1\ncheck_local = /bin/echo OK - local $ARG1$\n" % where,
                 "# %s/nrpe.d/10-web.cfg:1\ncheck_http = " % where,
                 "# %s/nrpe.d/sub/20-db.cfg:1\ncheck_db = /usr/local/bin/check_db --quiet > "
@@ -91,7 +94,7 @@ class ImportTest(unittest.TestCase):
             ("9", "'this line has no equals sign' is not a name=value line; skipped"),
             ("17", "command[check_many]"), ("18", "command[bad.name]"),
             ("11", "command[check_users] is defined again at %s" % FIXTURE),
-            ("21", "cannot read %s/missing.cfg" % where)])
+            ("22", "cannot read %s/missing.cfg" % where)])
         self.assertIn("frobnicate=yes: unknown directive", out)
         self.assertEqual(err.splitlines(), [
             "uscmdrelay: import-nrpe: %s:9: 'this line has no equals sign' is not a "
@@ -100,7 +103,7 @@ class ImportTest(unittest.TestCase):
             "has $ARG1$ to $ARG9$; skipped" % FIXTURE,
             "uscmdrelay: import-nrpe: %s:18: command[bad.name]: '.' is not allowed in a "
             "relays.conf command name; skipped" % FIXTURE,
-            "uscmdrelay: import-nrpe: %s:21: cannot read %s/missing.cfg: No such file or "
+            "uscmdrelay: import-nrpe: %s:22: cannot read %s/missing.cfg: No such file or "
             "directory" % (FIXTURE, where)])
         # And a real server runs the converted commands with hostile arguments.
         server = support.start_server(self, config_dir=directory)
