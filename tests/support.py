@@ -54,6 +54,18 @@ uptime = uptime
 true = /bin/true
 """
 
+# No command missing from PATH, none taking unguarded arguments: a server using it logs
+# no warning at start-up, so its stderr holds nothing but what a failure prints.
+QUIET_RELAYS = """\
+[default]
+true = /bin/true
+true.max_args = 0
+
+[ops]
+true = /bin/true
+true.max_args = 0
+"""
+
 LISTENING = re.compile(r"listening on (\S+) port (\d+)")
 
 
@@ -148,6 +160,16 @@ def start_server(test, config_dir=None, args=(), program="pyz", env=None):
     server = ServerProcess(config_dir, args=args, program=program, env=env)
     test.addCleanup(server.stop)
     return server
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on right now (bound, then closed)."""
+    sock = socket.socket()
+    try:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+    finally:
+        sock.close()
 
 
 def exchange(port, payload, host="127.0.0.1", half_close=True, timeout=REPLY_TIMEOUT):

@@ -105,6 +105,24 @@ def _version_of(python):
     return int(major), int(minor)
 
 
+def ansible_playbook_or_skip(what):
+    """(ansible-playbook, the Python that runs it), or raises SkipTest: when it is not
+    installed, or when this interpreter is not that Python (`what` is tested once)."""
+    playbook = _find_ansible_playbook()
+    if playbook is None:
+        raise unittest.SkipTest("ansible-playbook is not installed (.ci/run installs "
+                                "ansible-core into %s)" % ANSIBLE_VENV)
+    python = _interpreter_of(playbook)
+    version = python and _version_of(python)
+    if version is None:
+        raise unittest.SkipTest("cannot tell which Python runs %s" % playbook)
+    if tuple(sys.version_info[:2]) != version:
+        raise unittest.SkipTest(
+            "%s is tested once, under the Python that runs ansible-playbook (%d.%d); "
+            "this is %d.%d" % ((what,) + version + tuple(sys.version_info[:2])))
+    return playbook, python
+
+
 def _variables(root, **overrides):
     variables = {
         "uscmdrelay_root": root,
@@ -136,18 +154,7 @@ class AnsibleRoleTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.playbook = _find_ansible_playbook()
-        if cls.playbook is None:
-            raise unittest.SkipTest("ansible-playbook is not installed (.ci/run installs "
-                                    "ansible-core into %s)" % ANSIBLE_VENV)
-        cls.ansible_python = _interpreter_of(cls.playbook)
-        version = cls.ansible_python and _version_of(cls.ansible_python)
-        if version is None:
-            raise unittest.SkipTest("cannot tell which Python runs %s" % cls.playbook)
-        if tuple(sys.version_info[:2]) != version:
-            raise unittest.SkipTest(
-                "the role is tested once, under the Python that runs ansible-playbook "
-                "(%d.%d); this is %d.%d" % (version + tuple(sys.version_info[:2])))
+        cls.playbook, cls.ansible_python = ansible_playbook_or_skip("the role")
         cls.workdir = tempfile.mkdtemp(prefix="uscmdrelay-ansible-")
         try:
             cls._prepare()

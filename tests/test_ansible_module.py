@@ -24,8 +24,7 @@ import unittest
 
 from tests import certs, support
 from tests.support import KEY, OTHER_KEY, ServerProcess, start_server
-from tests.test_ansible import (ANSIBLE_VENV, _find_ansible_playbook, _interpreter_of,
-                                _version_of)
+from tests.test_ansible import ansible_playbook_or_skip
 
 SAMPLES = os.path.join(support.ROOT, "samples", "ansible")
 LIBRARY = os.path.join(SAMPLES, "roles", "uscmdrelay", "library")
@@ -52,16 +51,6 @@ def params(**overrides):
               "timeout": 30.0}
     values.update(overrides)
     return call.with_defaults(values)
-
-
-def free_port():
-    """A port on 127.0.0.1 nothing listens on (bound, then closed)."""
-    sock = socket.socket()
-    try:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-    finally:
-        sock.close()
 
 
 class FakeRelay(object):
@@ -354,7 +343,7 @@ class ExchangeTest(unittest.TestCase):
                          {"auth_key": KEY, "command": "x", "arguments": ["y"]})
 
     def test_connection_refused_names_host_and_port(self):
-        port = free_port()
+        port = support.free_port()
         result = call.run(params(port=port))
         self.assertEqual((result["failed"], result["code"], result["changed"], result["msg"]),
                          (True, None, False, "cannot connect to 127.0.0.1 port %d: "
@@ -409,8 +398,8 @@ class ExchangeTest(unittest.TestCase):
                   FakeRelay(self, replying(b'{"code": 1001, "message": "auth"}\n')),
                   FakeRelay(self, replying(b'{"code": 0, "stdout": "ok"}\n'))]
         cases = [params(port=relay.port, timeout=0.5) for relay in relays] + [
-            params(port=free_port()), params(port=0), params(tls_ca="/nonexistent"),
-            params(auth_key=None, auth_key_file=key_file, port=free_port()),
+            params(port=support.free_port()), params(port=0), params(tls_ca="/nonexistent"),
+            params(auth_key=None, auth_key_file=key_file, port=support.free_port()),
             params(command="x"), ]
         for values in cases:
             for check_mode in (False, True):
@@ -526,7 +515,7 @@ class ManyHostsShellTest(unittest.TestCase):
                 self.skipTest("%s is not installed" % program)
         self.work = tempfile.mkdtemp(prefix="uscmdrelay-xargs-")
         self.addCleanup(shutil.rmtree, self.work, True)
-        self.port = free_port()
+        self.port = support.free_port()
         self.servers = {}
         for address, command in (("127.0.0.2", "echo active"),
                                  ("127.0.0.3", 'sh -c "echo inactive; exit 3"')):
@@ -612,19 +601,7 @@ class FanOutPlaybookTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.playbook = _find_ansible_playbook()
-        if cls.playbook is None:
-            raise unittest.SkipTest("ansible-playbook is not installed (.ci/run installs "
-                                    "ansible-core into %s)" % ANSIBLE_VENV)
-        cls.ansible_python = _interpreter_of(cls.playbook)
-        version = cls.ansible_python and _version_of(cls.ansible_python)
-        if version is None:
-            raise unittest.SkipTest("cannot tell which Python runs %s" % cls.playbook)
-        if tuple(sys.version_info[:2]) != version:
-            raise unittest.SkipTest(
-                "the playbooks are tested once, under the Python that runs "
-                "ansible-playbook (%d.%d); this is %d.%d"
-                % (version + tuple(sys.version_info[:2])))
+        cls.playbook, cls.ansible_python = ansible_playbook_or_skip("the playbooks")
         cls.workdir = tempfile.mkdtemp(prefix="uscmdrelay-fanout-")
         cls.servers = {}
         try:

@@ -20,6 +20,18 @@ def setUpModule():
     spawn.seal_descriptors()
 
 
+def serve_in_thread(test, config, options):
+    """A RelayServer in this process, serving in a thread until `test`'s cleanup;
+    returns (server, port)."""
+    server = RelayServer(config, options)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    test.addCleanup(server.server_close)
+    test.addCleanup(thread.join, 30)
+    test.addCleanup(server.shutdown)
+    return server, server.address[1]
+
+
 class InternalErrorTest(unittest.TestCase):
     """9999 cannot be provoked by a client (that is the point), so the fault is planted
     in the configuration object the server is given: a command whose argv is not a list."""
@@ -28,13 +40,8 @@ class InternalErrorTest(unittest.TestCase):
         directory = support.make_config_dir(self)
         self.config = load_config(directory)
         self.config.clusters["default"]["broken"] = Command("default", "broken", "x", None)
-        self.server = RelayServer(self.config, Options(host="127.0.0.1", port=0))
-        thread = threading.Thread(target=self.server.serve_forever)
-        thread.start()
-        self.addCleanup(self.server.server_close)
-        self.addCleanup(thread.join, 30)
-        self.addCleanup(self.server.shutdown)
-        self.port = self.server.address[1]
+        self.server, self.port = serve_in_thread(self, self.config,
+                                                 Options(host="127.0.0.1", port=0))
 
     def test_a_bug_answers_9999_logs_a_traceback_and_the_server_keeps_serving(self):
         with self.assertLogs("uscmdrelay", "ERROR") as logs:
@@ -70,13 +77,7 @@ class CommandFailureTest(unittest.TestCase):
     def setUp(self):
         directory = support.make_config_dir(self, relays=ONCE_RELAYS)
         options = Options(host="127.0.0.1", port=0, max_connections=1)
-        self.server = RelayServer(load_config(directory), options)
-        thread = threading.Thread(target=self.server.serve_forever)
-        thread.start()
-        self.addCleanup(self.server.server_close)
-        self.addCleanup(thread.join, 30)
-        self.addCleanup(self.server.shutdown)
-        self.port = self.server.address[1]
+        self.server, self.port = serve_in_thread(self, load_config(directory), options)
 
     def test_a_fault_in_the_command_finished_path_answers_9999_and_releases_everything(self):
         for target, name, fault in ((spawn.Child, "poll", _waitpid_fails),
@@ -109,13 +110,7 @@ class ReplyFailureTest(unittest.TestCase):
     def setUp(self):
         directory = support.make_config_dir(self)
         options = Options(host="127.0.0.1", port=0, max_connections=1)
-        self.server = RelayServer(load_config(directory), options)
-        thread = threading.Thread(target=self.server.serve_forever)
-        thread.start()
-        self.addCleanup(self.server.server_close)
-        self.addCleanup(thread.join, 30)
-        self.addCleanup(self.server.shutdown)
-        self.port = self.server.address[1]
+        self.server, self.port = serve_in_thread(self, load_config(directory), options)
 
     def test_a_fault_writing_the_reply_closes_the_connection_and_frees_its_place(self):
         with mock.patch.object(dispatch, "iter_reply", _reply_fails):

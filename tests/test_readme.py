@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -48,16 +47,6 @@ def readme_blocks():
     for match in MARKED_BLOCK.finditer(readme_text()):
         blocks.setdefault(match.group(1), []).append(match.group(2))
     return blocks
-
-
-def free_port():
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    sock = socket.socket()
-    try:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-    finally:
-        sock.close()
 
 
 def run_pyz(args, input_text=None, env=None):
@@ -137,7 +126,7 @@ class QuickStartTest(ReadmeTestCase):
         os.symlink(support.PYZ, os.path.join(bin_dir, "uscmdrelay"))
         os.symlink(sys.executable, os.path.join(bin_dir, "python3"))
         pid_file = os.path.join(work, "server.pid")
-        port = str(free_port())
+        port = str(support.free_port())
         script = "\n".join([
             start.replace(README_PORT, port),
             'echo "$SERVER_PID" > "$README_TEST_PID_FILE"',    # added by the test

@@ -52,18 +52,6 @@ uptime = uptime
 true = /bin/true
 """
 
-# No command missing from PATH, none taking unguarded arguments: a server using it logs
-# no warning at start-up.
-QUIET_RELAYS = """\
-[default]
-true = /bin/true
-true.max_args = 0
-
-[ops]
-true = /bin/true
-true.max_args = 0
-"""
-
 RAN_FIELDS = {"status", "message", "code", "exit_code", "stdout", "stderr", "duration_ms",
               "truncated"}
 NOT_RAN_FIELDS = {"status", "message", "code"}
@@ -461,7 +449,7 @@ class _WireBehaviour(object):
                 self.assertNotIn("Traceback", server.log_text())
 
     def test_bad_config_exits_2_with_one_line_and_no_traceback(self):
-        config_dir = relay_config(self, relays=QUIET_RELAYS)
+        config_dir = relay_config(self, relays=support.QUIET_RELAYS)
         os.chmod(os.path.join(config_dir, "auth.conf"), 0o644)
         status, out, err = run_to_exit(self, ["--config-dir", config_dir, "--host",
                                               "127.0.0.1", "--port", "0"], self.PROGRAM)
@@ -474,7 +462,7 @@ class _WireBehaviour(object):
         self.assertIn("chmod 600", err)
 
     def test_port_in_use_exits_1_with_one_line_and_no_traceback(self):
-        config_dir = relay_config(self, relays=QUIET_RELAYS)
+        config_dir = relay_config(self, relays=support.QUIET_RELAYS)
         holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.addCleanup(holder.close)
         holder.bind(("127.0.0.1", 0))
@@ -1034,7 +1022,7 @@ class DurationBoundsTests(_ServerTestCase):
     def test_a_duration_beyond_7_days_is_a_usage_error_and_no_server_starts(self):
         # Each of these once reached epoll.poll() and raised OverflowError, which ended
         # the server and every command it ran.
-        config_dir = relay_config(self, relays=QUIET_RELAYS)
+        config_dir = relay_config(self, relays=support.QUIET_RELAYS)
         for flag, value in (("--timeout", "inf"), ("--timeout", "604801"),
                             ("--request-timeout", "2592000"),
                             ("--request-timeout", "inf"),

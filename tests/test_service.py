@@ -71,17 +71,6 @@ which = echo "unclosed
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 
-# No config warnings: stderr holds nothing but what a start-up failure prints.
-QUIET_RELAYS = """\
-[default]
-true = /bin/true
-true.max_args = 0
-
-[ops]
-true = /bin/true
-true.max_args = 0
-"""
-
 # `orphan` leaves a `sleep 2` behind and exits: the sleep is orphaned.
 ORPHAN_RELAYS = """\
 [default]
@@ -172,12 +161,6 @@ def alive(pid):
     if stat_text is None:
         return False
     return stat_text.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_cli(program, args, env=None):
@@ -409,7 +392,7 @@ class ServiceTestCase(unittest.TestCase):
         self.addCleanup(taken.close)
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
-        port = free_port()
+        port = support.free_port()
         log_path = os.path.join(directory, "activated.log")
         argv = [SOCKET_ACTIVATE, "-l", "127.0.0.1:%d" % port, "--fdname=uscmdrelay"]
         if self.program == "src":
@@ -811,7 +794,7 @@ class PassedSocketTest(ServiceTestCase):
             "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1')",
             str(sock.fileno()))
         argv = wrapper + support.command(self.program) + [
-            "--config-dir", self.config_dir(QUIET_RELAYS), "--host", "127.0.0.1",
+            "--config-dir", self.config_dir(support.QUIET_RELAYS), "--host", "127.0.0.1",
             "--port", "0"]
         result = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, universal_newlines=True,
