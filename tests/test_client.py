@@ -222,7 +222,7 @@ class _CallBehaviour(object):
         self.assertNotIn(WRONG_KEY, result.stderr)
 
     def test_json_prints_the_reply_as_received(self):
-        result = self.call("--json", "streams", "é\n", "warn\n", "0")
+        result = self.call("--json", "--no-stream", "streams", "é\n", "warn\n", "0")
         self.assertEqual((result.returncode, result.stderr), (0, ""), result)
         # One line, as the server sent it: the output stays JSON-escaped, and
         # non-ASCII text is not re-encoded as \u escapes.
@@ -313,7 +313,7 @@ class _MoreCallBehaviour(object):
         self.assertEqual(self.call("echo", "still", "here").stdout, "still here\n")
 
     def test_json_keeps_the_exit_status_and_prints_no_error_line(self):
-        result = self.call("--json", "exit3")
+        result = self.call("--json", "--no-stream", "exit3")
         self.assertEqual((result.returncode, result.stderr), (3, ""), result)
         self.assertEqual(support.decode_reply(result.stdout_bytes)["code"], 3001)
         result = self.call("--json", "echo", key=WRONG_KEY)

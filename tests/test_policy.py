@@ -130,6 +130,7 @@ backup.max_args = 2
 backup.arg_pattern = [a-z0-9_-]+
 backup.arg_choices = home etc
 backup.max_running = 1
+backup.max_output = 4096
 backup.shell = yes
 backup.cwd = /tmp
 
@@ -537,11 +538,12 @@ class _Representative(object):
         self.assertEqual(listed["ops::backup"], ("/bin/echo backing up", {
             "description": "nightly backup", "timeout": "1.5", "min_args": "0",
             "max_args": "2", "arg_pattern": "[a-z0-9_-]+", "arg_choices": "home etc",
-            "max_running": "1", "shell": "yes", "cwd": "/tmp"}))
+            "max_running": "1", "shell": "yes", "cwd": "/tmp", "max_output": "4096"}))
         self.assertEqual(listed["default::true"], ("/bin/true", {
             "description": "-", "timeout": "60 (--timeout)", "min_args": "-",
             "max_args": "-", "arg_pattern": "-", "arg_choices": "-", "max_running": "-",
-            "shell": "no (--shell-exec)", "cwd": "-"}))
+            "shell": "no (--shell-exec)", "cwd": "-",
+            "max_output": "1048576 (--max-output)"}))
         self.assertEqual(listed["ops::restart"][1]["description"], "restart one service")
         self.assertEqual(listed["ops::restart"][1]["arg_choices"], "web db")
 
@@ -700,6 +702,9 @@ class BadSettingTest(unittest.TestCase):
         ("x.max_running = 0", "x.max_running"),
         ("x.shell = maybe", "x.shell"),
         ("x.cwd = relative/dir", "x.cwd"),
+        ("x.max_output = -1", "x.max_output"),
+        ("x.max_output = 1073741825", "x.max_output"),
+        ("x.max_output = 1k", "x.max_output"),
         ("x.colour = red", "x.colour"),
         ("y.timeout = 1", "y.timeout"),
     ]
@@ -748,6 +753,18 @@ class BadSettingTest(unittest.TestCase):
                                  "%r is out of range (0 to 604800 seconds; 0 for no "
                                  "limit)\n" % (os.path.join(directory, "relays.conf"),
                                                 value))
+
+    def test_max_output_takes_0_to_1_gib_and_names_the_range(self):
+        self.assertEqual(policy(max_output="0").max_output, 0)
+        self.assertEqual(policy(max_output="1073741824").max_output, 1073741824)
+        directory = self._directory("x.max_output = 2000000000")
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = cli.main(["--config-dir", directory, "configtest"])
+        self.assertEqual(status, 2)
+        self.assertEqual(err.getvalue(), "Config error: %s: [default] x.max_output: "
+                         "'2000000000' is not a number of bytes from 0 to 1073741824 "
+                         "(1 GiB)\n" % os.path.join(directory, "relays.conf"))
 
     def test_a_timeout_of_exactly_7_days_is_allowed(self):
         self.assertEqual(policy(timeout="604800").timeout, 604800.0)

@@ -181,7 +181,11 @@ def _add_call_arguments(parser):
     parser.add_argument("--key-file", metavar="FILE",
                         help="read the auth key from FILE (default: $USCMDRELAY_AUTH_KEY)")
     parser.add_argument("--json", action="store_true",
-                        help="print the reply object as received")
+                        help="print each line as received (NDJSON: output events, then "
+                             "the reply object)")
+    parser.add_argument("--no-stream", action="store_true",
+                        help="ask for one reply at the end instead of the output as it "
+                             "comes")
     parser.add_argument("--list", action="store_true",
                         help="list the commands this key may run")
     parser.add_argument("--tls", action="store_true",

@@ -1,7 +1,8 @@
 """`uscmdrelay call`: a client that behaves like `ssh host cmd`.
 
-It sends one request and prints the command's stdout and stderr as they were, exiting
-with the command's exit status (128+N for death by signal N). Anything that keeps the
+It sends one request and prints the command's stdout and stderr as they were, as they
+come (it asks the server to stream them; an older server that cannot is asked again
+without), exiting with the command's exit status (128+N for death by signal N). Anything that keeps the
 command from running or finishing (refused key, unknown command, timeout, busy server,
 connection or TLS failure) prints `uscmdrelay: <message> (code N)` and exits 255.
 """
@@ -14,8 +15,8 @@ import sys
 import time
 
 from .exits import EXIT_RELAY_ERROR, EXIT_USAGE
-from .protocol import (BAD_JSON, COMMAND_FAILED, KEY_VARIABLE, LIST_COMMAND, OK,
-                       PLAIN_ON_TLS)
+from .protocol import (BAD_FIELD, BAD_JSON, COMMAND_FAILED, KEY_VARIABLE, LIST_COMMAND,
+                       OK, PLAIN_ON_TLS)
 from .reasons import reason
 
 # call's options that take a value (split_argv must skip the value).
@@ -56,8 +57,15 @@ def run_call(args, stdout=None, stderr=None):
                "command": LIST_COMMAND if args.list else typed_text(args.command)}
     if not args.list:
         request["arguments"] = [typed_text(argument) for argument in args.arguments]
+    stream = not args.list and not getattr(args, "no_stream", False)
+    if stream:
+        request["stream"] = True
     try:
-        raw, reply = exchange(args, request)
+        raw, reply = exchange(args, request, _event_writer(args.json, stdout, stderr)
+                              if stream else None)
+        if stream and is_stream_refused(reply):
+            del request["stream"]  # a server older than streaming: ask for one reply
+            raw, reply = exchange(args, request)
     except CallError as error:
         stderr.write("uscmdrelay: %s\n" % error)
         return EXIT_RELAY_ERROR
@@ -71,6 +79,23 @@ def run_call(args, stdout=None, stderr=None):
     if args.json and args.list and reply.get("code") == OK:
         return 0
     return exit_status(reply, stderr, quiet=args.json)
+
+
+def is_stream_refused(reply):
+    """True for the 2002 a server without streaming answers a `stream` field with."""
+    return (reply.get("code") == BAD_FIELD
+            and '"stream"' in str(reply.get("message", "")))
+
+
+def _event_writer(as_json, stdout, stderr):
+    """on_event for exchange(): an event's data to our stdout or stderr as it comes, or
+    (--json) the line as received."""
+    def write_event(raw, event):
+        if as_json:
+            write_text(stdout, raw.decode("utf-8", "replace"))
+        elif isinstance(event.get("data"), str):
+            write_text(stderr if event["stream"] == "stderr" else stdout, event["data"])
+    return write_event
 
 
 def typed_text(word):
@@ -115,9 +140,12 @@ def read_key(key_file):
     return key
 
 
-def exchange(args, request, timeout_option="--timeout"):
+def exchange(args, request, on_event=None, timeout_option="--timeout"):
     """Sends `request`; returns (raw reply bytes, reply object). Raises CallError, with
-    `timed_out` set when `args.timeout` (the flag `timeout_option`) ran out."""
+    `timed_out` set when `args.timeout` (the flag `timeout_option`) ran out.
+
+    With `on_event` (for a request with `"stream": true`), each event line before the
+    final reply is handed to `on_event(raw line, event object)` as it arrives."""
     deadline = time.monotonic() + args.timeout
     context = _tls_context(args) if uses_tls(args) else None
     where = "%s port %d" % (args.host, args.port)
@@ -138,7 +166,8 @@ def exchange(args, request, timeout_option="--timeout"):
         try:
             _set_remaining(sock, deadline)
             sock.sendall(data)
-            raw = _read_reply(sock, deadline)
+            raw = (_read_reply(sock, deadline) if on_event is None
+                   else _read_events(sock, deadline, on_event))
         except socket.timeout:
             _reset_on_close(sock)
             raise CallError("no reply from %s within %g s (%s)"
@@ -209,6 +238,45 @@ def _read_reply(sock, deadline):
         if data.endswith(b"\n"):
             break  # a reply is exactly one line
     return b"".join(chunks)
+
+
+def _read_events(sock, deadline, on_event):
+    """Reads lines, handing each event to `on_event`; returns the final line (bytes)."""
+    buffer = bytearray()
+    while True:
+        newline = buffer.find(b"\n")
+        if newline < 0:
+            if len(buffer) > MAX_REPLY_BYTES:
+                raise CallError("reply line larger than %d bytes" % MAX_REPLY_BYTES)
+            _set_remaining(sock, deadline)
+            try:
+                data = sock.recv(65536)
+            except OSError as error:
+                if buffer and "EOF" in str(error):
+                    data = b""
+                else:
+                    raise
+            if not data:
+                return bytes(buffer)  # the final line without its newline, or nothing
+            buffer += data
+            continue
+        line = bytes(buffer[:newline + 1])
+        del buffer[:newline + 1]
+        event = _event(line)
+        if event is None:
+            return line
+        on_event(line, event)
+
+
+def _event(line):
+    """The object of an event line (one with a string `stream`), else None."""
+    try:
+        event = json.loads(line.decode("utf-8"))
+    except ValueError:
+        return None
+    if isinstance(event, dict) and isinstance(event.get("stream"), str):
+        return event
+    return None
 
 
 def _tls_context(args):

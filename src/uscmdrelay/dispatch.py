@@ -10,12 +10,14 @@ import functools
 import json
 import logging
 import os
+import time
 
-from . import executor, spawn, systemd
+from . import executor, spawn, streaming, systemd
 from .auth import Refused, authorize
 from .protocol import (ALREADY_RUNNING, COMMAND_FAILED, COMMAND_TIMED_OUT, INTERNAL_ERROR,
                        KEY_VARIABLE, OK, RelayError, command_reply, error_reply, iter_reply,
                        list_reply)
+from .replies import Stream
 
 log = logging.getLogger("uscmdrelay")
 
@@ -23,9 +25,11 @@ LOG_ARGUMENTS_CHARS = 1000
 
 
 class _Job(object):
-    """A request whose command is running; `gone`: its client went away."""
+    """A request whose command is running; `gone`: its client went away. A streamed one
+    has its `streamer` and the `live` replies.Stream its output goes to."""
 
-    __slots__ = ("sock", "address", "request", "grant", "relay", "run", "gone")
+    __slots__ = ("sock", "address", "request", "grant", "relay", "run", "gone", "streamer",
+                 "live")
 
     def __init__(self, sock, address, request, grant, relay):
         self.sock = sock
@@ -35,6 +39,8 @@ class _Job(object):
         self.relay = relay  # the config.Command it runs
         self.run = None
         self.gone = False
+        self.streamer = None
+        self.live = None
 
 
 class Dispatcher(object):
@@ -97,9 +103,7 @@ class Dispatcher(object):
         audit line says `client_gone=true`."""
         for job in self._jobs:
             if job.sock is sock:
-                job.gone = True
-                # The place where a streamed command, whose output has nowhere to go,
-                # would be killed instead: job.run.cancel().
+                job.gone = True  # (a streamed job's client going away: _stream_gone)
                 return
 
     def stop_commands(self):
@@ -125,28 +129,53 @@ class Dispatcher(object):
         shell = policy.effective("shell", self.options)[0]
         argv = executor.build_argv(command, job.request.arguments, shell)
         env = self._command_env(job.address, job.request, job.grant)
+        if job.request.stream:
+            job.live = Stream(functools.partial(self._stream_gone, job))
+            job.streamer = streaming.Streamer(self._loop, job.live)
         self._claim_max_running(command)
         try:
             job.run = executor.Run(self._loop, argv, functools.partial(self._finished, job),
-                                   self._timeout(command) or None, self.options.max_output,
+                                   self._timeout(command) or None,
+                                   policy.effective("max_output", self.options)[0],
                                    env=env, cwd=policy.cwd,
-                                   on_error=functools.partial(self._failed, job))
+                                   on_error=functools.partial(self._failed, job),
+                                   on_output=job.streamer and job.streamer.output)
         except BaseException:
             self._release_max_running(command)
             raise
         self._jobs.add(job)
+        if job.live is not None:
+            # Started: from now on the reply is event lines, then the final line.
+            job.streamer.run = job.run
+            self._respond(job.sock, job.live)
+
+    def _stream_gone(self, job):
+        """The client of a streamed command went away (a reset, a write error, nothing
+        taken within --request-timeout): the command, whose output has nowhere to go,
+        is ended as at a timeout, once the writer's call has returned."""
+        job.gone = True
+        log.info("client=%s went away while its command streams; the command is ended",
+                 format_address(job.address))
+        self._loop.call_at(time.monotonic(), functools.partial(self._end_gone, job))
+
+    def _end_gone(self, job):
+        job.streamer.discard()
+        job.run.cancel()
 
     def _finished(self, job, outcome):
         """The command of `job` is over: reply."""
         self._jobs.discard(job)
         self._release_max_running(job.relay)
         try:
-            code, reply = _reply_for(outcome, self._timeout(job.relay), self._stopping)
+            if job.streamer is not None:
+                job.streamer.close()
+            code, reply = _reply_for(outcome, self._timeout(job.relay), self._stopping,
+                                     job.live is not None)
         except Exception:
             self._failed(job)
             return
         self._answer(job.sock, job.address, job.grant, job.request, code, reply, outcome,
-                     job.gone)
+                     job.gone, job.live)
 
     def _failed(self, job):
         """Running the command of `job` failed unexpectedly (called inside the except
@@ -157,12 +186,15 @@ class Dispatcher(object):
             self._jobs.discard(job)
             self._release_max_running(job.relay)
         self._answer(job.sock, job.address, job.grant, job.request, INTERNAL_ERROR,
-                     error_reply(INTERNAL_ERROR), gone=job.gone)
+                     error_reply(INTERNAL_ERROR), gone=job.gone, live=job.live)
 
     def _answer(self, sock, address, grant, request, code, reply, outcome=None,
-                gone=False):
+                gone=False, live=None):
+        """Audits, and sends the reply (the final line of a `live` stream)."""
         self.audit(logging.INFO, address, grant, request, code, outcome, gone)
-        if not gone:
+        if live is not None:
+            live.end(iter_reply(reply))
+        elif not gone:
             self._respond(sock, iter_reply(reply))
 
     def _claim_max_running(self, command):
@@ -209,8 +241,14 @@ def _describe(command):
             "min_args": low, "max_args": high}
 
 
-def _reply_for(outcome, timeout, stopping=False):
-    """Returns (code, reply object) for a command that ran."""
+def _reply_for(outcome, timeout, stopping=False, streamed=False):
+    """Returns (code, reply object) for a command that ran; `streamed`: its output went
+    out in event lines, so the message says how it ended."""
+    if streamed and not outcome.timed_out:
+        code = OK if outcome.exit_code == 0 else COMMAND_FAILED
+        reply = command_reply(code, _how_it_ended(outcome.exit_code), outcome)
+        reply["streamed"] = True
+        return code, reply
     if outcome.timed_out and stopping:
         code = COMMAND_TIMED_OUT
         message = "command killed: the server is shutting down"
@@ -223,7 +261,16 @@ def _reply_for(outcome, timeout, stopping=False):
     else:
         code = COMMAND_FAILED
         message = (outcome.stderr_text() or outcome.stdout_text()).rstrip("\r\n")
-    return code, command_reply(code, message, outcome)
+    reply = command_reply(code, message, outcome)
+    if streamed:
+        reply["streamed"] = True
+    return code, reply
+
+
+def _how_it_ended(exit_code):
+    if exit_code is not None and exit_code < 0:
+        return "command killed by signal %d" % -exit_code
+    return "command exited with status %s" % exit_code
 
 
 def format_address(address):

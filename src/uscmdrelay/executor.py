@@ -93,6 +93,31 @@ class _Capture(object):
         return b"".join(self.chunks)
 
 
+class _Forward(object):
+    """Hands the first `limit` bytes of the stream `name` to `emit(name, data)` as they
+    are read, and counts what it dropped; keeps nothing."""
+
+    __slots__ = ("limit", "name", "emit", "size", "dropped")
+
+    def __init__(self, limit, name, emit):
+        self.limit = limit
+        self.name = name
+        self.emit = emit
+        self.size = 0
+        self.dropped = 0
+
+    def add(self, data):
+        room = self.limit - self.size
+        if room > 0:
+            kept = data[:room]
+            self.size += len(kept)
+            self.emit(self.name, kept)
+        self.dropped += max(0, len(data) - max(room, 0))
+
+    def value(self):
+        return b""
+
+
 class Run(object):
     """One command in flight, driven by an `eventloop.Loop` it shares with its owner.
 
@@ -103,6 +128,13 @@ class Run(object):
     after TERM_GRACE_SECONDS; `cancel()` does the same at once. Output past `max_output`
     bytes per stream is read and dropped.
 
+    With `on_output`, the output is not kept but handed to `on_output(name, data)`
+    ("stdout" or "stderr", bytes) as it is read, up to `max_output` bytes per stream
+    all the same. `pause_output()` stops reading the pipes (a command that writes more
+    then blocks, as on a full terminal), `resume_output()` goes on; the timeout still
+    applies, and the 0.5 s a background child's output is read after the exit only
+    counts while reading.
+
     If watching the command raises (a bug, or waitpid() failing), the command's group is
     killed and reaped and `on_error()` is called instead of `on_done`, inside the except
     block so it can log the traceback; without `on_error` the exception propagates.
@@ -110,14 +142,19 @@ class Run(object):
     """
 
     def __init__(self, loop, argv, on_done, timeout=None, max_output=1048576, env=None,
-                 cwd=None, on_error=None):
+                 cwd=None, on_error=None, on_output=None):
         self.started = time.monotonic()
         self._loop = loop
         self._on_done = on_done
         self._on_error = on_error
         self._reported = False  # on_done or on_error has been called
-        self._stdout = _Capture(max_output)
-        self._stderr = _Capture(max_output)
+        if on_output is None:
+            self._stdout = _Capture(max_output)
+            self._stderr = _Capture(max_output)
+        else:
+            self._stdout = _Forward(max_output, "stdout", on_output)
+            self._stderr = _Forward(max_output, "stderr", on_output)
+        self._paused_at = None  # pause_output() holds the pipes unread since then
         self._open_pipes = {}
         self._deadline = self.started + timeout if timeout else None
         self._kill_at = None
@@ -156,6 +193,30 @@ class Run(object):
                 self._failed()
                 return
             self._advance()
+
+    def pause_output(self):
+        """Stops reading the command's pipes until `resume_output()`."""
+        if not self.done and self._paused_at is None:
+            self._paused_at = time.monotonic()
+            for fd in self._open_pipes:
+                self._loop.unwatch(fd)
+
+    def resume_output(self):
+        """Reads the command's pipes again after `pause_output()`."""
+        if self.done or self._paused_at is None:
+            return
+        now = time.monotonic()
+        if self._exited_at is not None:
+            # The time spent paused since the exit does not count against the drain.
+            self._exited_at += now - max(self._paused_at, self._exited_at)
+        self._paused_at = None
+        try:
+            for fd in self._open_pipes:
+                self._loop.watch(fd, EVENT_READ, self._read)
+        except Exception:
+            self._failed()
+            return
+        self._advance()
 
     def abort(self):
         """Kills and reaps the command and lets go of everything, without an outcome."""
@@ -222,8 +283,8 @@ class Run(object):
         # With a pidfd the exit is an event; without one, every look polls for it.
         if self._exited_at is None and self._exit_fd is None and child.poll() is not None:
             self._exited_at = now
-        if self._exited_at is not None and (
-                not self._open_pipes or now >= self._exited_at + EXIT_DRAIN_SECONDS):
+        if self._exited_at is not None and (not self._open_pipes or (
+                self._paused_at is None and now >= self._exited_at + EXIT_DRAIN_SECONDS)):
             self._finish()
             return
         # Only a command still running can time out: one that exited in time has not, even
@@ -240,6 +301,8 @@ class Run(object):
         """Sets the timer for the next time `_advance` must look, if any."""
         if self._exited_at is not None:
             when = self._exited_at + EXIT_DRAIN_SECONDS
+            if self._paused_at is not None:
+                when = None  # the drain waits for resume_output()
         else:
             when = None
             if self._exit_fd is None:

@@ -10,7 +10,7 @@ import os
 import re
 
 from .codes import ARGUMENTS_NOT_ALLOWED, RelayError
-from .options import MAX_SECONDS
+from .options import MAX_OUTPUT_BYTES, MAX_SECONDS
 
 QUOTED_ARGUMENT_CHARS = 60
 
@@ -38,6 +38,17 @@ def _count(minimum):
             raise ValueError("%r is less than %d" % (text, minimum))
         return value
     return convert
+
+
+def _bytes(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value <= MAX_OUTPUT_BYTES:
+        raise ValueError("%r is not a number of bytes from 0 to %d (1 GiB)"
+                         % (text, MAX_OUTPUT_BYTES))
+    return value
 
 
 def _regex(text):
@@ -86,10 +97,12 @@ CONVERTERS = (
     ("max_running", _count(1)),
     ("shell", _yes_no),
     ("cwd", _absolute_path),
+    ("max_output", _bytes),
 )
 SETTINGS = tuple(name for name, _ in CONVERTERS)
 # The settings whose default is a server flag: setting -> (its options.Options name, flag).
-INHERITED = {"timeout": ("timeout", "--timeout"), "shell": ("shell_exec", "--shell-exec")}
+INHERITED = {"timeout": ("timeout", "--timeout"), "shell": ("shell_exec", "--shell-exec"),
+             "max_output": ("max_output", "--max-output")}
 _CONVERTER = dict(CONVERTERS)
 
 

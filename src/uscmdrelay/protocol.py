@@ -21,7 +21,7 @@ CLUSTER_SEPARATOR = "::"
 LIST_COMMAND = "::list"
 # The environment variable `call` reads the key from; commands never inherit it.
 KEY_VARIABLE = "USCMDRELAY_AUTH_KEY"
-FIELDS = ("auth_key", "command", "arguments")
+FIELDS = ("auth_key", "command", "arguments", "stream")
 # What a plain-text request on a TLS listener is answered (code 2001, in plain text);
 # `call` recognises it.
 PLAIN_ON_TLS = "this server speaks TLS: connect with TLS (uscmdrelay call --tls)"
@@ -35,15 +35,17 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class Request(object):
-    """A validated request: `auth_key`, `cluster`, `name` (the command) and `arguments`."""
+    """A validated request: `auth_key`, `cluster`, `name` (the command), `arguments`, and
+    `stream` (its output is sent as it comes, in event lines before the final one)."""
 
-    __slots__ = ("auth_key", "cluster", "name", "arguments")
+    __slots__ = ("auth_key", "cluster", "name", "arguments", "stream")
 
-    def __init__(self, auth_key, cluster, name, arguments):
+    def __init__(self, auth_key, cluster, name, arguments, stream=False):
         self.auth_key = auth_key
         self.cluster = cluster
         self.name = name
         self.arguments = arguments
+        self.stream = stream
 
     @property
     def command(self):
@@ -313,7 +315,10 @@ def validate_request(pairs):
         _check_string("arguments[%d]" % index, argument, allow_empty=True)
     if cluster is None and arguments:
         raise RelayError(BAD_FIELD, "%s takes no arguments" % LIST_COMMAND)
-    return Request(auth_key, cluster, name, arguments)
+    stream = fields.get("stream", False)
+    if not isinstance(stream, bool):
+        raise RelayError(BAD_FIELD, "stream must be true or false")
+    return Request(auth_key, cluster, name, arguments, stream)
 
 
 def _check_string(field, value, allow_empty=False):
