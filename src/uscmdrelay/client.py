@@ -23,6 +23,7 @@ from .reasons import reason
 VALUE_OPTIONS = ("--host", "--port", "--timeout", "--key-file", "--tls-ca", "--tls-cert",
                  "--tls-key", "--tls-server-name")
 MAX_REPLY_BYTES = 64 * 1024 * 1024
+EXIT_INTERRUPTED = 128 + 2  # SIGINT, as a shell reports it
 # Any of these means TLS, --tls or not: `--tls-ca ca.pem` alone once sent the key in
 # clear text (issue 12).
 TLS_OPTIONS = ("tls_ca", "tls_cert", "tls_key", "tls_server_name")
@@ -69,6 +70,9 @@ def run_call(args, stdout=None, stderr=None):
     except CallError as error:
         stderr.write("uscmdrelay: %s\n" % error)
         return EXIT_RELAY_ERROR
+    except KeyboardInterrupt:
+        # Ctrl-C: the connection was reset, which ends the command if it streams.
+        return EXIT_INTERRUPTED
     if args.json:
         write_text(stdout, raw.decode("utf-8", "replace"))
     elif args.list and reply.get("code") == OK:
@@ -172,6 +176,9 @@ def exchange(args, request, on_event=None, timeout_option="--timeout"):
             _reset_on_close(sock)
             raise CallError("no reply from %s within %g s (%s)"
                             % (where, args.timeout, timeout_option), timed_out=True)
+        except KeyboardInterrupt:
+            _reset_on_close(sock)
+            raise
         except ConnectionResetError as error:
             if context is None:
                 # What a TLS server of an older version answers a plain-text request.
