@@ -23,7 +23,7 @@ from tests import support
 if support.SRC not in sys.path:
     sys.path.insert(0, support.SRC)
 
-from uscmdrelay import executor, spawn  # noqa: E402
+from uscmdrelay import executor, spawn, streaming  # noqa: E402
 from uscmdrelay.config import Command  # noqa: E402
 from uscmdrelay.eventloop import Loop  # noqa: E402
 from uscmdrelay.protocol import COMMAND_NOT_STARTED, RelayError  # noqa: E402
@@ -740,6 +740,192 @@ class RunOnALoopTest(LoopTestCase):
             with self.assertRaisesRegex(RuntimeError, "planted"):
                 executor.run(argv, timeout=SAFETY_TIMEOUT_SECONDS)
         self.assertProcessGone(read_pid(pid_file))
+
+
+class _Recorder(object):
+    """Stands for a replies.Stream: keeps the lines written; `unsent` is set by hand."""
+
+    def __init__(self):
+        self.lines = []
+        self.unsent = 0
+        self.below = None
+
+    def write(self, data):
+        self.lines.append(json.loads(data.decode("utf-8")))
+
+    def when_below(self, limit, callback):
+        self.below = (limit, callback)
+
+    def events(self):
+        return [(line["stream"], line["data"]) for line in self.lines]
+
+
+class _PauseRecorder(object):
+    def __init__(self):
+        self.calls = []
+
+    def pause_output(self):
+        self.calls.append("pause")
+
+    def resume_output(self):
+        self.calls.append("resume")
+
+
+class StreamerTests(unittest.TestCase):
+    """streaming.Streamer on a real loop: decoding, coalescing, back-pressure."""
+
+    def setUp(self):
+        self.loop = Loop()
+        self.addCleanup(self.loop.close)
+        self.sink = _Recorder()
+        self.streamer = streaming.Streamer(self.loop, self.sink)
+
+    def rounds(self, seconds):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.loop.run_once(0.01)
+
+    def test_a_character_split_across_reads_is_sent_whole(self):
+        for piece in (b"a\xe2", b"\x82", b"\xac b"):
+            self.streamer.output("stdout", piece)
+            self.rounds(0.05)
+        self.assertEqual(self.sink.events(), [("stdout", "a"), ("stdout", "\u20ac b")])
+
+    def test_invalid_bytes_and_a_tail_cut_off_at_the_end_become_replacement_characters(self):
+        self.streamer.output("stdout", b"x\xff y \xe2\x82")
+        self.streamer.output("stderr", b"\xf0\x9f")
+        self.streamer.close()
+        self.assertEqual(self.sink.events(), [("stdout", "x\ufffd y \ufffd"),
+                                              ("stderr", "\ufffd")])
+
+    def test_each_stream_decodes_on_its_own(self):
+        self.streamer.output("stdout", b"\xe2\x82")
+        self.streamer.output("stderr", b"e")
+        self.streamer.output("stdout", b"\xac")
+        self.streamer.close()
+        self.assertEqual(self.sink.events(), [("stderr", "e"), ("stdout", "\u20ac")])
+
+    def test_many_tiny_writes_become_one_line_within_a_few_milliseconds(self):
+        started = time.monotonic()
+        for _ in range(1000):
+            self.streamer.output("stdout", b"y")
+        self.assertEqual(self.sink.lines, [])
+        while not self.sink.lines:
+            self.assertLess(time.monotonic() - started, 5.0)
+            self.loop.run_once(0.1)
+        self.assertLess(time.monotonic() - started,
+                        streaming.COALESCE_SECONDS + 0.5)
+        self.assertEqual(self.sink.events(), [("stdout", "y" * 1000)])
+
+    def test_coalescing_keeps_the_order_across_streams(self):
+        for name, text in (("stdout", b"1"), ("stdout", b"2"), ("stderr", b"3"),
+                           ("stdout", b"4"), ("stderr", b"5"), ("stderr", b"6")):
+            self.streamer.output(name, text)
+        self.rounds(0.05)
+        self.assertEqual(self.sink.events(), [("stdout", "12"), ("stderr", "3"),
+                                              ("stdout", "4"), ("stderr", "56")])
+
+    def test_past_flush_bytes_it_sends_at_once(self):
+        self.streamer.output("stdout", b"z" * streaming.FLUSH_BYTES)
+        self.assertEqual(self.sink.events(), [("stdout", "z" * streaming.FLUSH_BYTES)])
+
+    def test_a_client_behind_pauses_the_command_until_it_catches_up(self):
+        run = _PauseRecorder()
+        self.streamer.run = run
+        self.sink.unsent = streaming.BACKLOG_BYTES
+        self.streamer.output("stdout", b"x" * streaming.FLUSH_BYTES)
+        self.assertEqual(run.calls, [])  # at the bound, not past it
+        self.sink.unsent = streaming.BACKLOG_BYTES + 1
+        self.streamer.output("stdout", b"x" * streaming.FLUSH_BYTES)
+        self.assertEqual(run.calls, ["pause"])
+        limit, callback = self.sink.below
+        self.assertLess(limit, streaming.BACKLOG_BYTES)
+        callback()
+        self.assertEqual(run.calls, ["pause", "resume"])
+
+    def test_discard_drops_everything_and_resumes_the_command(self):
+        run = _PauseRecorder()
+        self.streamer.run = run
+        self.streamer.output("stdout", b"gathered")
+        self.streamer.discard()
+        self.streamer.output("stdout", b"later")
+        self.streamer.close()
+        self.rounds(0.05)
+        self.assertEqual((self.sink.lines, run.calls), ([], ["resume"]))
+
+
+class StreamedRun(ExecutorTestCase):
+    """executor.Run with on_output: output handed over as read, pausing and resuming."""
+
+    def start(self, argv, max_output=1048576, timeout=SAFETY_TIMEOUT_SECONDS):
+        self.loop = Loop()
+        self.addCleanup(self.loop.close)
+        self.outcomes = []
+        self.received = {"stdout": [], "stderr": []}
+        run = executor.Run(self.loop, argv, self.outcomes.append, timeout, max_output,
+                           on_output=lambda name, data: self.received[name].append(data))
+        self.addCleanup(run.abort)
+        return run
+
+    def rounds(self, seconds, until=lambda: False):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not until():
+            self.loop.run_once(0.01)
+
+    def output(self, name):
+        return b"".join(self.received[name])
+
+    def test_output_is_handed_over_and_not_kept(self):
+        run = self.start(python_fixture("flood.py", "200000", "3000"))
+        self.rounds(SAFETY_TIMEOUT_SECONDS, lambda: self.outcomes)
+        outcome = self.outcomes[0]
+        self.assertEqual((outcome.exit_code, outcome.stdout, outcome.stderr,
+                          outcome.truncated), (0, b"", b"", False))
+        self.assertEqual(self.output("stdout"), pattern(200000))
+        self.assertEqual(self.output("stderr"), pattern(3000, reverse=True))
+        self.assertTrue(run.done)
+
+    def test_max_output_caps_what_is_handed_over(self):
+        self.start(python_fixture("flood.py", "200000", "10"), max_output=1000)
+        self.rounds(SAFETY_TIMEOUT_SECONDS, lambda: self.outcomes)
+        self.assertEqual(self.output("stdout"), pattern(1000))
+        self.assertEqual(self.output("stderr"), pattern(10, reverse=True))
+        self.assertTrue(self.outcomes[0].truncated)
+
+    def test_a_paused_command_blocks_on_its_writes_and_goes_on_when_resumed(self):
+        run = self.start(python_fixture("flood.py", "5000000", "0"), max_output=10 ** 7)
+        run.pause_output()
+        self.rounds(1.0)
+        self.assertEqual(self.outcomes, [])  # blocked on a full pipe: still running
+        self.assertEqual(self.output("stdout"), b"")
+        run.resume_output()
+        self.rounds(SAFETY_TIMEOUT_SECONDS, lambda: self.outcomes)
+        self.assertEqual(self.outcomes[0].exit_code, 0)
+        self.assertTrue(self.output("stdout") == pattern(5000000), "output altered")
+
+    def test_output_left_in_the_pipe_at_the_exit_waits_for_resume(self):
+        # 60000 bytes fit in the pipe: the command exits while nobody reads. The 0.5 s
+        # drain after the exit must not run out while paused.
+        run = self.start(python_fixture("flood.py", "60000", "0"))
+        run.pause_output()
+        self.rounds(executor.EXIT_DRAIN_SECONDS + 1.0)
+        self.assertEqual(self.outcomes, [])
+        run.resume_output()
+        self.rounds(SAFETY_TIMEOUT_SECONDS, lambda: self.outcomes)
+        self.assertEqual(self.output("stdout"), pattern(60000))
+        self.assertEqual(self.outcomes[0].exit_code, 0)
+
+    def test_a_paused_command_is_still_killed_at_its_timeout(self):
+        run = self.start(python_fixture("flood.py", "1000000000", "0"), timeout=1.0)
+        run.pause_output()
+        started = time.monotonic()
+        self.rounds(SAFETY_TIMEOUT_SECONDS,
+                    lambda: run._child.returncode is not None)
+        self.assertLess(time.monotonic() - started, 1.0 + executor.TERM_GRACE_SECONDS + 2)
+        self.assertEqual(run._child.returncode, -signal.SIGTERM)
+        run.resume_output()
+        self.rounds(SAFETY_TIMEOUT_SECONDS, lambda: self.outcomes)
+        self.assertTrue(self.outcomes[0].timed_out)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ test at DEADLINE_SECONDS; a client reads in a thread joined with a timeout.
 import hashlib
 import socket
 import ssl
+import struct
 import threading
 import time
 import unittest
@@ -16,7 +17,7 @@ import unittest
 from tests import certs
 from uscmdrelay import replies, tls
 from uscmdrelay.eventloop import Loop
-from uscmdrelay.replies import ReplyWriter
+from uscmdrelay.replies import ReplyWriter, Stream
 
 DEADLINE_SECONDS = 30.0
 ROUND_SECONDS = 0.05
@@ -393,6 +394,130 @@ class FaultTests(WriterTestCase):
         self.assertLess(len(reader.data), BIG_REPLY_BYTES + 1)
         writer.close_all()
         self.assertEqual(self.done, [server])
+
+
+class StreamTests(WriterTestCase):
+    """An open-ended reply (replies.Stream): lines over time, then the last one."""
+
+    def stream(self):
+        gone = []
+        stream = Stream(lambda: gone.append(True))
+        return stream, gone
+
+    def test_lines_written_over_time_arrive_in_order_then_the_end(self):
+        server, client = tcp_pair(self)
+        writer = self.writer(timeout=0.5)
+        stream, gone = self.stream()
+        writer.send(server, stream, self.on_done)
+        reader = Reader(client)
+        sent = []
+        for index in range(5):
+            line = b"line %d\n" % index
+            stream.write(line)
+            sent.append(line)
+            # Idle longer than the timeout: a stream's deadline is one of progress.
+            self.drive(writer, lambda: stream.unsent == 0, "the line to go")
+            time.sleep(0.2 if index == 2 else 0)
+            self.drive(writer, lambda: True, "one round")
+        self.assertEqual(self.done, [])
+        time.sleep(0.6)
+        self.drive(writer, lambda: True, "one round")
+        self.assertEqual((self.done, gone), ([], []))
+        stream.end([b"final", b"\n"])
+        self.drive(writer, reader.done.is_set, "the end of the stream")
+        reader.join(self)
+        self.assertEqual(reader.data, b"".join(sent) + b"final\n")
+        self.assertEqual((self.done, gone), ([server], []))
+        stream.write(b"after the end\n")  # dropped, no error
+        self.assertEqual(stream.unsent, 0)
+
+    def test_unsent_counts_what_the_client_has_not_taken_and_when_below_fires(self):
+        server, client = tcp_pair(self, TINY_BUFFER_BYTES, TINY_BUFFER_BYTES)
+        writer = self.writer()
+        stream, gone = self.stream()
+        writer.send(server, stream, self.on_done)
+        data = pattern(BIG_REPLY_BYTES)
+        for piece in pieces_of(data):
+            stream.write(piece)
+        self.assertGreater(stream.unsent, BIG_REPLY_BYTES // 2)
+        caught_up = []
+        stream.when_below(65536, lambda: caught_up.append(stream.unsent))
+        self.drive(writer, lambda: True, "one round")
+        self.assertEqual(caught_up, [])
+        reader = Reader(client)
+        self.drive(writer, lambda: caught_up, "the client to catch up")
+        self.assertLessEqual(caught_up[0], 65536)
+        stream.end([b"end\n"])
+        self.drive(writer, lambda: self.done, "the end of the stream")
+        reader.join(self)
+        self.assertTrue(reader.data == data + b"end\n", "the stream arrived altered")
+        self.assertEqual((stream.unsent, gone), (0, []))
+
+    def test_a_client_that_takes_nothing_within_the_timeout_is_gone(self):
+        server, client = tcp_pair(self, TINY_BUFFER_BYTES, TINY_BUFFER_BYTES)
+        writer = self.writer(timeout=0.5)
+        stream, gone = self.stream()
+        writer.send(server, stream, self.on_done)
+        time.sleep(0.6)  # idle: does not count
+        self.drive(writer, lambda: True, "one round")
+        self.assertEqual(gone, [])
+        started = time.monotonic()
+        for piece in pieces_of(pattern(BIG_REPLY_BYTES)):
+            stream.write(piece)
+        self.drive(writer, lambda: gone, "the stream to be dropped")
+        self.assertGreaterEqual(time.monotonic() - started, 0.5)
+        self.assertEqual((gone, self.done, server.fileno()), ([True], [server], -1))
+        self.assertEqual((writer.sending, writer.next_deadline()), (0, None))
+        stream.write(b"more")  # nowhere to go: dropped
+        stream.end([b"final\n"])
+        writer.close_all()
+        self.assertEqual((gone, self.done), ([True], [server]))
+
+    def test_a_reset_while_idle_is_noticed_at_once(self):
+        server, client = tcp_pair(self)
+        writer = self.writer()
+        stream, gone = self.stream()
+        writer.send(server, stream, self.on_done)
+        stream.write(b"line\n")
+        self.assertEqual(client.recv(100), b"line\n")
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        self.drive(writer, lambda: gone, "the reset to be noticed")
+        self.assertEqual((self.done, server.fileno()), ([server], -1))
+
+    def test_a_write_to_a_closed_client_means_gone(self):
+        server, client = tcp_pair(self)
+        writer = self.writer()
+        stream, gone = self.stream()
+        writer.send(server, stream, self.on_done)
+        client.close()  # a FIN: not noticed while idle (a half-close looks the same)
+        self.drive(writer, lambda: True, "one round")
+        self.assertEqual(gone, [])
+        limit = time.monotonic() + DEADLINE_SECONDS
+        while not gone and time.monotonic() < limit:
+            stream.write(b"line\n")  # the first draws a reset, a later one fails
+            self.drive(writer, lambda: True, "one round")
+        self.assertEqual((gone, self.done), ([True], [server]))
+
+    def test_a_blocked_tls_stream_write_is_retried_with_the_same_chunk(self):
+        server, client = self.tls_pair(TINY_BUFFER_BYTES, TINY_BUFFER_BYTES)
+        data = pattern(BIG_REPLY_BYTES)
+        reader = Reader(client, hold=True)
+        writer = self.writer(tls=True)
+        stream, gone = self.stream()
+        writer.send(server, stream, self.on_done)
+        for piece in pieces_of(data):
+            stream.write(piece)
+            self.drive(writer, lambda: True, "one round")
+        self.assertEqual(writer.sending, 1, "the write did not block")
+        reader.go.set()
+        self.drive(writer, lambda: stream.unsent == 0, "the stream to drain")
+        stream.end([b"end\n"])
+        self.drive(writer, lambda: self.done, "the end of the stream")
+        reader.join(self)
+        self.assertIsNone(reader.error, "after %d bytes" % len(reader.data))
+        self.assertTrue(reader.data == data + b"end\n", "the stream arrived altered")
+        self.assertEqual(gone, [])
 
 
 if __name__ == "__main__":
