@@ -469,5 +469,24 @@ class ShellExecExampleTest(ReadmeTestCase):
         self.assertEqual(self.run_example(["--shell-exec"]), shown)
 
 
+
+class StreamExampleTest(ReadmeTestCase):
+    """The streaming example: nc and jq print only the command's stdout."""
+
+    def test_the_jq_idiom_prints_the_stdout_events(self):
+        need_programs(self, "bash", "nc", "jq")
+        fixture = os.path.join(support.FIXTURES, "live.py")
+        directory = support.make_config_dir(self, relays="[default]\ndeploy = %s %s "
+                                            "interleave 3\n" % (sys.executable, fixture))
+        server = support.start_server(self, config_dir=directory)
+        block = self.block("stream-jq")
+        self.assertIn(README_PORT, block)
+        process = subprocess.run(
+            ["bash", "-c", block.replace(README_PORT, str(server.port))],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+            env=clean_environment(KEY=support.KEY), timeout=SCRIPT_TIMEOUT)
+        self.assertEqual((process.returncode, process.stdout, process.stderr),
+                         (0, "out 0\nout 1\nout 2\n", ""))
+
 if __name__ == "__main__":
     unittest.main()
