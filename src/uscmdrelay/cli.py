@@ -154,8 +154,9 @@ def _add_server_option(parser, option):
     if option.default is False:
         parser.add_argument(option.flag, action="store_true", help=option.help)
     elif option.kind is None:
-        parser.add_argument(option.flag, default=option.default,
-                            help="%s (default: %s)" % (option.help, option.default))
+        parser.add_argument(option.flag, default=option.default, metavar=option.metavar,
+                            help=option.help if option.default is None else
+                            "%s (default: %s)" % (option.help, option.default))
     else:
         parser.add_argument(option.flag, metavar=option.metavar, default=option.default,
                             type=_number(option.kind, option.minimum, option.maximum,

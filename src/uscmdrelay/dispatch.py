@@ -65,6 +65,7 @@ class Dispatcher(object):
         self._stopping = False
         self.requests = 0
         self.errors = 0
+        self.metrics = None  # a metrics.RelayMetrics with --metrics-file
 
     def handle(self, sock, address, config, request):
         """Answers one complete request on `sock` under `config`: at once, or when its
@@ -231,6 +232,8 @@ class Dispatcher(object):
         if code != OK:
             self.errors += 1
         _audit(level, address, grant, request, code, outcome, gone)
+        if self.metrics is not None:
+            self.metrics.request_done(request, code, outcome)
 
 
 def _describe(command):

@@ -65,6 +65,8 @@ SERVER_OPTIONS = (
     ServerOption("shutdown_timeout", 30.0, "on SIGTERM, seconds requests in flight get to "
                  "finish before their commands are killed, at most %d" % MAX_SECONDS,
                  float, 0, MAX_SECONDS, "S"),
+    ServerOption("metrics_file", None, "write Prometheus metrics to this file (for "
+                 "node_exporter's textfile collector; name it *.prom)", metavar="PATH"),
 )
 
 

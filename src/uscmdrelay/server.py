@@ -15,7 +15,6 @@ import socket
 import time
 
 from . import executor, systemd
-from .config import ConfigError
 from .dispatch import Dispatcher, format_address
 from .eventloop import EVENT_READ, EVENT_WRITE, Loop
 # StartupError is what RelayServer() raises: callers import it from here.
@@ -23,6 +22,7 @@ from .listeners import Listeners, StartupError, listen  # noqa: F401
 from .options import Options  # noqa: F401  (server.Options: the options it takes)
 from .protocol import (BAD_JSON, INTERNAL_ERROR, PLAIN_ON_TLS, REQUEST_TIMEOUT,
                        SERVER_BUSY, RelayError, RequestReader, encode_reply, error_reply)
+from .reloading import Reloader
 from .replies import ReplyWriter
 from .slots import ConnectionSlots
 
@@ -58,14 +58,17 @@ class RelayServer(object):
 
     The constructor binds and listens (or adopts `listeners`, sockets already listening,
     e.g. from systemd), or raises StartupError without leaking a socket. `serve_forever()`
-    runs the loop until `shutdown()`; `reload()` swaps in `loader()`'s configuration.
-    Both are safe to call from any thread or a signal handler.
+    runs the loop until `shutdown()`; `reload()` swaps in `loader()`'s configuration
+    (and `tls_loader()`'s TLS context). Both are safe to call from any thread or a
+    signal handler. `metrics`: a metrics_file.MetricsFile (--metrics-file), or None.
     """
 
-    def __init__(self, config, options, listeners=None, loader=None, tls_context=None):
+    def __init__(self, config, options, listeners=None, loader=None, tls_context=None,
+                 tls_loader=None, metrics=None):
         self.config = config
         self.options = options
-        self._loader = loader
+        self._reloader = Reloader(loader, tls_loader, metrics)
+        self._metrics = metrics
         # With TLS every accepted socket is wrapped and handshakes inside the loop.
         self._tls = tls_context
         self._would_block = (BlockingIOError, InterruptedError)
@@ -90,6 +93,9 @@ class RelayServer(object):
         self._commands_stopped = False
         self._reload_requested = False
         self._dispatcher = Dispatcher(options, self._loop, self._respond)
+        if metrics is not None:
+            self._dispatcher.metrics = metrics.metrics
+            metrics.metrics.sample = lambda: (len(self._slots), self._dispatcher.running)
 
     @property
     def address(self):
@@ -119,6 +125,8 @@ class RelayServer(object):
         loop = self._loop
         self._listeners.start()
         systemd.notify("READY=1", "MAINPID=%d" % os.getpid(), "STATUS=" + self._status())
+        if self._metrics is not None:
+            self._metrics.start(loop)
         try:
             while not self._finished():
                 loop.run_once(self._next_timeout(), self._callback_failed)
@@ -132,6 +140,8 @@ class RelayServer(object):
             for sock in list(self._reading):
                 self._close_reading(sock)
             self._writer.close_all()
+            if self._metrics is not None:
+                self._metrics.stop()
         log.info("stopped: %d requests served, %d of them errors",
                  self._dispatcher.requests, self._dispatcher.errors)
 
@@ -173,20 +183,7 @@ class RelayServer(object):
         self._reload_requested = False
         systemd.notify("RELOADING=1", "MONOTONIC_USEC=%d" % systemd.monotonic_usec(),
                        "STATUS=reloading the configuration")
-        try:
-            config = self._loader()
-        except ConfigError as error:
-            log.error("Config error: %s (reload refused; the running configuration stays)",
-                      error)
-        except Exception:
-            log.exception("reload failed; the running configuration stays")
-        else:
-            for warning in config.warnings:
-                log.warning("config: %s", warning)
-            self.config = config
-            log.info("configuration reloaded from %s: %d keys, %d clusters, %d commands",
-                     config.directory, len(config.keys), len(config.clusters),
-                     config.command_count)
+        self.config, self._tls = self._reloader.reload(self.config, self._tls)
         systemd.notify("READY=1", "STATUS=" + self._status())
 
     def server_close(self):

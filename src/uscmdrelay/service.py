@@ -60,10 +60,17 @@ def serve(args):
     # From here on no command can inherit a descriptor we were started with (the systemd
     # sockets included); commands may now start with posix_spawn.
     spawn.seal_descriptors()
+    metrics = None
+    if options.metrics_file:
+        from .metrics_file import metrics_file
+        metrics = metrics_file(options.metrics_file, config)
     try:
+        # SIGHUP reloads the TLS files too (a renewed certificate needs no restart).
         server = RelayServer(config, options, listeners=listeners,
                              loader=lambda: load_config(directory, args.shell_exec),
-                             tls_context=tls_context)
+                             tls_context=tls_context, metrics=metrics,
+                             tls_loader=None if tls_context is None
+                             else lambda: _tls_context(args))
     except StartupError as error:
         _fail("uscmdrelay: %s" % error, args.log)
         return EXIT_STARTUP
