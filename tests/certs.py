@@ -1,8 +1,9 @@
 """Throwaway TLS certificates for the tests, made with the `openssl` binary.
 
 `certificates()` returns a `Certificates` whose attributes are PEM file paths: a CA, a
-server certificate signed by it (SAN DNS:localhost, IP:127.0.0.1, IP:::1), a client
-certificate signed by it, and a second, unrelated CA with its own client certificate.
+server certificate signed by it (SAN DNS:localhost, IP:127.0.0.1, IP:::1), the same
+server renewed (a new key and serial, same CA and names), a client certificate signed by
+it, and a second, unrelated CA with its own client certificate.
 They are made once per test run in a temporary directory removed at exit. Tests call
 `require_openssl(test)` first: without the binary they are skipped, never failed.
 """
@@ -60,6 +61,8 @@ class Certificates(object):
         self.ca_key = path("ca.key")
         self.server_cert = path("server.pem")
         self.server_key = path("server.key")
+        self.renewed_server_cert = path("renewed-server.pem")
+        self.renewed_server_key = path("renewed-server.key")
         self.client_cert = path("client.pem")
         self.client_key = path("client.key")
         self.other_ca = path("other-ca.pem")
@@ -103,7 +106,9 @@ def _make(pki):
             (pki.server_cert, pki.server_key, pki.ca, pki.ca_key, "localhost", "server"),
             (pki.client_cert, pki.client_key, pki.ca, pki.ca_key, "client", "client"),
             (pki.other_client_cert, pki.other_client_key, pki.other_ca, pki.other_ca_key,
-             "client", "client")):
+             "client", "client"),
+            (pki.renewed_server_cert, pki.renewed_server_key, pki.ca, pki.ca_key,
+             "localhost", "server")):
         serial += 1
         request = cert + ".csr"
         _openssl(pki, "req", "-new", "-nodes", "-newkey", "ec", "-pkeyopt",
