@@ -22,7 +22,7 @@ and two commands printing 100 MB):
 
 Usage: python3 tests/benchmark.py [--requests N] [--max-seconds S]
            [--concurrency 1,16,64] [--python PATH] [--tls] [--idle-conns 500]
-           [--long-requests 100000] [--skip-long] [--json]
+           [--long-requests 100000] [--skip-long] [--server-arg=ARG ...] [--json]
 """
 
 import argparse
@@ -543,7 +543,7 @@ class Bench(object):
                 "--max-output", str(self.args.max_output)]
         if self.tls_cert:
             argv += ["--tls-cert", self.tls_cert, "--tls-key", self.tls_key]
-        return argv
+        return argv + self.args.server_arg
 
     def close(self):
         shutil.rmtree(self.work, True)
@@ -1078,6 +1078,9 @@ def parse_args(argv=None):
     parser.add_argument("--skip-long", action="store_true", help="skip the leak run")
     parser.add_argument("--max-output", type=_positive(int, 1, 1 << 30), default=1048576,
                         help="the server's --max-output (default 1048576)")
+    parser.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                        help="one more argument for every server started, repeatable; "
+                             "write it with '=': --server-arg=--metrics-file=/tmp/m.prom")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object of all figures on stdout")
     return parser.parse_args(argv)
