@@ -14,7 +14,7 @@ import struct
 import sys
 import time
 
-from .exits import EXIT_RELAY_ERROR, EXIT_USAGE
+from .exits import EXIT_INTERRUPTED, EXIT_RELAY_ERROR, EXIT_USAGE
 from .protocol import (BAD_FIELD, BAD_JSON, COMMAND_FAILED, KEY_VARIABLE, LIST_COMMAND,
                        OK, PLAIN_ON_TLS)
 from .reasons import reason
@@ -23,7 +23,6 @@ from .reasons import reason
 VALUE_OPTIONS = ("--host", "--port", "--timeout", "--key-file", "--tls-ca", "--tls-cert",
                  "--tls-key", "--tls-server-name")
 MAX_REPLY_BYTES = 64 * 1024 * 1024
-EXIT_INTERRUPTED = 128 + 2  # SIGINT, as a shell reports it
 # Any of these means TLS, --tls or not: `--tls-ca ca.pem` alone once sent the key in
 # clear text (issue 12).
 TLS_OPTIONS = ("tls_ca", "tls_cert", "tls_key", "tls_server_name")

@@ -9,3 +9,4 @@ EXIT_STARTUP = 1      # the server could not start: port in use, bad host, unwri
 EXIT_CONFIG = 2       # a configuration error
 EXIT_USAGE = 2        # a command-line usage error (argparse's own status)
 EXIT_RELAY_ERROR = 255  # `call`: the relay refused or failed; the command did not run
+EXIT_INTERRUPTED = 128 + 2  # `call` ended by Ctrl-C (SIGINT), as a shell reports it
