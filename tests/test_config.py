@@ -100,7 +100,8 @@ class RelaysConfTest(unittest.TestCase):
          "define (command names may not contain '.')"),
         ("unknown setting", "[a]\nx = true\nx.timeuot = 5\n",
          RELAYS + ": [a] x.timeuot: unknown setting 'timeuot' (expected one of: description, "
-         "timeout, min_args, max_args, arg_pattern, arg_choices, max_running, shell, cwd)"),
+         "timeout, min_args, max_args, arg_pattern, arg_choices, max_running, shell, cwd, "
+         "max_output)"),
         ("bad timeout", "[a]\nx = true\nx.timeout = soon\n",
          RELAYS + ": [a] x.timeout: 'soon' is not a number of seconds (0 for no limit)"),
         ("negative timeout", "[a]\nx = true\nx.timeout = -1\n",
