@@ -105,6 +105,22 @@ def _version_of(python):
     return int(major), int(minor)
 
 
+def run_ansible_command(argv, env, cwd):
+    """Runs an ansible command in its own session, bounded by PLAYBOOK_TIMEOUT (then
+    its whole group is killed); returns (exit status, stdout and stderr)."""
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, universal_newlines=True, env=env,
+                               cwd=cwd, start_new_session=True)
+    try:
+        output = process.communicate(timeout=PLAYBOOK_TIMEOUT)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output = process.communicate()[0]
+        raise AssertionError("%s ran past %g s:\n%s" % (os.path.basename(argv[0]),
+                                                       PLAYBOOK_TIMEOUT, output))
+    return process.returncode, output
+
+
 def ansible_playbook_or_skip(what):
     """(ansible-playbook, the Python that runs it), or raises SkipTest: when it is not
     installed, or when this interpreter is not that Python (`what` is tested once)."""
@@ -215,17 +231,7 @@ class AnsibleRoleTest(unittest.TestCase):
         argv = [cls.playbook, "-i", "localhost,", "-c", "local",
                 "-e", "ansible_python_interpreter=" + cls.ansible_python,
                 "-e", "@" + path] + list(extra) + [playbook or cls.play]
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, universal_newlines=True,
-                                   env=cls.env, cwd=cls.workdir, start_new_session=True)
-        try:
-            output = process.communicate(timeout=PLAYBOOK_TIMEOUT)[0]
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            output = process.communicate()[0]
-            raise AssertionError("ansible-playbook ran past %g s:\n%s"
-                                 % (PLAYBOOK_TIMEOUT, output))
-        return process.returncode, output
+        return run_ansible_command(argv, cls.env, cls.workdir)
 
     def assert_played(self, result, changed=None):
         """Checks the run succeeded (and changed `changed` things); returns its output."""

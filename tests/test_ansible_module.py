@@ -24,7 +24,7 @@ import unittest
 
 from tests import certs, support
 from tests.support import KEY, OTHER_KEY, ServerProcess, start_server
-from tests.test_ansible import ansible_playbook_or_skip
+from tests.test_ansible import ansible_playbook_or_skip, run_ansible_command
 
 SAMPLES = os.path.join(support.ROOT, "samples", "ansible")
 LIBRARY = os.path.join(SAMPLES, "roles", "uscmdrelay", "library")
@@ -676,17 +676,7 @@ class FanOutPlaybookTest(unittest.TestCase):
     @classmethod
     def run_ansible(cls, argv):
         """Runs an ansible command; returns (exit status, stdout and stderr)."""
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, universal_newlines=True,
-                                   env=cls.env, cwd=cls.workdir, start_new_session=True)
-        try:
-            output = process.communicate(timeout=PLAYBOOK_TIMEOUT)[0]
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            output = process.communicate()[0]
-            raise AssertionError("%s ran past %g s:\n%s" % (argv[0], PLAYBOOK_TIMEOUT,
-                                                            output))
-        return process.returncode, output
+        return run_ansible_command(argv, cls.env, cls.workdir)
 
     def run_playbook(self, playbook, *extra):
         """Runs `playbook` over the inventory with 6 forks; returns (status, output,

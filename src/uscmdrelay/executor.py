@@ -70,49 +70,58 @@ def build_argv(command, arguments, shell=False):
     return command.argv + list(arguments)
 
 
-class _Capture(object):
-    """Keeps the first `limit` bytes of a stream and counts what it dropped."""
+class _Capped(object):
+    """Counts one stream's bytes against `limit`: what fits is kept, the rest dropped."""
 
-    __slots__ = ("limit", "chunks", "size", "dropped")
+    __slots__ = ("limit", "size", "dropped")
 
     def __init__(self, limit):
         self.limit = limit
-        self.chunks = []
         self.size = 0
         self.dropped = 0
 
-    def add(self, data):
+    def _take(self, data):
+        """The part of `data` still within the cap (b"" past it); counts the rest."""
         room = self.limit - self.size
-        if room > 0:
-            kept = data[:room]
+        kept = data[:room] if room > 0 else b""
+        self.size += len(kept)
+        self.dropped += len(data) - len(kept)
+        return kept
+
+
+class _Capture(_Capped):
+    """Keeps the first `limit` bytes of a stream and counts what it dropped."""
+
+    __slots__ = ("chunks",)
+
+    def __init__(self, limit):
+        _Capped.__init__(self, limit)
+        self.chunks = []
+
+    def add(self, data):
+        kept = self._take(data)
+        if kept:
             self.chunks.append(kept)
-            self.size += len(kept)
-        self.dropped += max(0, len(data) - max(room, 0))
 
     def value(self):
         return b"".join(self.chunks)
 
 
-class _Forward(object):
+class _Forward(_Capped):
     """Hands the first `limit` bytes of the stream `name` to `emit(name, data)` as they
     are read, and counts what it dropped; keeps nothing."""
 
-    __slots__ = ("limit", "name", "emit", "size", "dropped")
+    __slots__ = ("name", "emit")
 
     def __init__(self, limit, name, emit):
-        self.limit = limit
+        _Capped.__init__(self, limit)
         self.name = name
         self.emit = emit
-        self.size = 0
-        self.dropped = 0
 
     def add(self, data):
-        room = self.limit - self.size
-        if room > 0:
-            kept = data[:room]
-            self.size += len(kept)
+        kept = self._take(data)
+        if kept:
             self.emit(self.name, kept)
-        self.dropped += max(0, len(data) - max(room, 0))
 
     def value(self):
         return b""
