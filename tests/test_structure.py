@@ -14,7 +14,8 @@ PACKAGE = os.path.join(support.SRC, "uscmdrelay")
 MAX_MODULE_LINES = 420
 # Decide, parse and describe only: the server does their IO.
 SANS_IO = ("codes", "protocol", "auth", "policy", "ini", "keys", "fingerprint", "guards",
-           "options", "reasons", "exits", "slots", "placeholders", "metrics")
+           "options", "reasons", "exits", "slots", "placeholders", "metrics",
+           "client_options")
 IO_MODULES = ("socket", "ssl", "select", "selectors", "threading", "subprocess",
               "asyncio", "multiprocessing")
 

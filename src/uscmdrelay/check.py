@@ -11,6 +11,7 @@ import signal
 import sys
 
 from .client import CallError, exchange, read_key, typed_text, write_text
+from .client_options import VALUE_FLAGS, add_key_and_tls_options
 from .codes import COMMAND_FAILED, COMMAND_TIMED_OUT, OK
 from .options import MAX_PORT
 from .reasons import reason
@@ -22,8 +23,8 @@ DEFAULT_TIMEOUT_SECONDS = 10.0  # check_nrpe's
 MAX_TIMEOUT_SECONDS = 86400.0
 # check's options that take a value: the word after them is never the `-a` that starts
 # the arguments.
-VALUE_OPTIONS = ("-H", "--host", "-p", "--port", "-c", "--command", "-t", "--timeout",
-                 "--key-file", "--tls-ca", "--tls-cert", "--tls-key", "--tls-server-name")
+VALUE_OPTIONS = ("-H", "--host", "-p", "--port", "-c", "--command", "-t",
+                 "--timeout") + VALUE_FLAGS
 ARGUMENTS_OPTIONS = ("-a", "--args")
 
 
@@ -93,17 +94,7 @@ def build_parser():
     parser.add_argument("-u", "--unknown-timeout", action="store_true",
                         help="report the client's own timeouts (connecting, waiting for "
                              "the reply) as UNKNOWN")
-    parser.add_argument("--key-file", metavar="FILE",
-                        help="read the auth key from FILE (default: $USCMDRELAY_AUTH_KEY)")
-    parser.add_argument("--tls", action="store_true",
-                        help="connect with TLS (implied by any other --tls-* option)")
-    parser.add_argument("--tls-ca", metavar="FILE",
-                        help="CA certificate(s) to verify the server with")
-    parser.add_argument("--tls-cert", metavar="FILE", help="client certificate (mutual TLS)")
-    parser.add_argument("--tls-key", metavar="FILE", help="client certificate's private key")
-    parser.add_argument("--tls-server-name", metavar="NAME",
-                        help="name to verify the server certificate against "
-                             "(default: --host)")
+    add_key_and_tls_options(parser)
     # Only for --help: run_check sets the arguments aside before argparse.
     parser.add_argument("-a", "--args", nargs="*", metavar="ARG", dest="help_arguments",
                         help="the command's arguments: every word after -a, as it is")

@@ -170,6 +170,7 @@ def _show(value):
 
 def _add_call_arguments(parser):
     """`call`'s options; the client module itself is imported only when it runs."""
+    from .client_options import add_key_and_tls_options
     from .options import MAX_PORT, MAX_SECONDS
     parser.add_argument("--host", default="127.0.0.1",
                         help="server name or address (default: 127.0.0.1)")
@@ -179,8 +180,6 @@ def _add_call_arguments(parser):
                         default=60.0, metavar="S",
                         help="seconds the whole call may take, at most %d (default: 60)"
                              % MAX_SECONDS)
-    parser.add_argument("--key-file", metavar="FILE",
-                        help="read the auth key from FILE (default: $USCMDRELAY_AUTH_KEY)")
     parser.add_argument("--json", action="store_true",
                         help="print each line as received (NDJSON: output events, then "
                              "the reply object)")
@@ -189,16 +188,7 @@ def _add_call_arguments(parser):
                              "comes")
     parser.add_argument("--list", action="store_true",
                         help="list the commands this key may run")
-    parser.add_argument("--tls", action="store_true",
-                        help="connect with TLS (implied by any other --tls-* option)")
-    parser.add_argument("--tls-ca", metavar="FILE",
-                        help="CA certificate(s) to verify the server with (default: the "
-                             "system's)")
-    parser.add_argument("--tls-cert", metavar="FILE", help="client certificate (mutual TLS)")
-    parser.add_argument("--tls-key", metavar="FILE", help="client certificate's private key")
-    parser.add_argument("--tls-server-name", metavar="NAME",
-                        help="name to verify the server certificate against "
-                             "(default: --host)")
+    add_key_and_tls_options(parser)
     parser.add_argument("command", nargs="?", metavar="COMMAND",
                         help="'name' or 'cluster::name'")
     # Only for --help: main() sets the arguments aside before argparse (split_argv).

@@ -14,18 +14,15 @@ import struct
 import sys
 import time
 
+from .client_options import TLS_OPTIONS, VALUE_FLAGS
 from .exits import EXIT_INTERRUPTED, EXIT_RELAY_ERROR, EXIT_USAGE
 from .protocol import (BAD_FIELD, BAD_JSON, COMMAND_FAILED, KEY_VARIABLE, LIST_COMMAND,
                        OK, PLAIN_ON_TLS)
 from .reasons import reason
 
 # call's options that take a value (split_argv must skip the value).
-VALUE_OPTIONS = ("--host", "--port", "--timeout", "--key-file", "--tls-ca", "--tls-cert",
-                 "--tls-key", "--tls-server-name")
+VALUE_OPTIONS = ("--host", "--port", "--timeout") + VALUE_FLAGS
 MAX_REPLY_BYTES = 64 * 1024 * 1024
-# Any of these means TLS, --tls or not: `--tls-ca ca.pem` alone once sent the key in
-# clear text (issue 12).
-TLS_OPTIONS = ("tls_ca", "tls_cert", "tls_key", "tls_server_name")
 
 
 class CallError(Exception):
