@@ -16,7 +16,7 @@ from uscmdrelay.server import Options, RelayServer  # noqa: E402
 
 def setUpModule():
     # What service.serve() does before it builds the server: commands then start as in
-    # production (posix_spawn on Python 3.8+).
+    # production (posix_spawn).
     spawn.seal_descriptors()
 
 

@@ -93,10 +93,11 @@ def signal_bits(*signums):
 
 
 def signal_mask(status, field):
-    """A mask line of a /proc/PID/status text (SigIgn, SigBlk), as an int, without the
-    signals outside valid_signals() (glibc's own: its posix_spawn leaves them ignored)."""
-    valid = (signal.valid_signals() if hasattr(signal, "valid_signals")
-             else range(1, signal.NSIG))
+    """A mask line of a /proc/PID/status text (SigIgn, SigBlk), as an int, without
+    glibc's own signals (32 and 33, below the SIGRTMIN it reports): its posix_spawn
+    leaves them ignored."""
+    valid = [signum for signum in range(1, signal.NSIG)
+             if not 32 <= signum < signal.SIGRTMIN]
     for line in status.splitlines():
         name, _, value = line.partition(":")
         if name == field:

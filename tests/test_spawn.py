@@ -1,10 +1,12 @@
 """Tests for spawn: how a command's process starts, on both of its paths, and the orphan
 reaper.
 
-The same table runs on the posix_spawn path (what the server uses on Python 3.8+ once it
-has sealed its descriptors) and on the Popen path (Python 3.6 and 3.7, and commands with
-`cwd`), and each row looks at a real child from outside, through /proc: a child has the
-same session, descriptors, signal dispositions, environment and exit codes either way.
+The same table runs on the posix_spawn path (what the server uses once it has sealed its
+descriptors: os.posix_spawn on CPython 3.8+, the C library's through ctypes on 3.6, 3.7
+and PyPy), on the ctypes path on every interpreter, and on the Popen path (commands with
+`cwd`, or no usable posix_spawn), and each row looks at a real child from outside,
+through /proc: a child has the same session, descriptors, signal dispositions,
+environment and exit codes every way.
 """
 
 import json
@@ -24,7 +26,7 @@ from tests import support
 if support.SRC not in sys.path:
     sys.path.insert(0, support.SRC)
 
-from uscmdrelay import spawn  # noqa: E402
+from uscmdrelay import libc_spawn, spawn  # noqa: E402
 from uscmdrelay.eventloop import Loop  # noqa: E402
 from uscmdrelay.protocol import COMMAND_NOT_STARTED, RelayError  # noqa: E402
 
@@ -33,12 +35,11 @@ SAFETY_TIMEOUT_SECONDS = 20.0
 WAIT_SECONDS = 5.0
 SLEEP = ["/bin/sleep", "30"]
 ENV = shutil.which("env") or "/usr/bin/env"
-# glibc's posix_spawn leaves its two internal signals (32 and 33, outside valid_signals())
-# ignored in the child, and Python cannot ask it otherwise; glibc programs handle both
-# themselves. Popen's children have them at their defaults. Not compared.
-GLIBC_INTERNAL = sum(1 << (number - 1) for number in range(1, signal.NSIG)
-                     if hasattr(signal, "valid_signals")
-                     and number not in signal.valid_signals())
+# glibc's posix_spawn leaves its two internal signals (32 and 33, below the SIGRTMIN it
+# reports and outside valid_signals()) ignored in the child, and Python cannot ask it
+# otherwise; glibc programs handle both themselves. Popen's children have them at their
+# defaults. Not compared.
+GLIBC_INTERNAL = sum(1 << (number - 1) for number in range(32, signal.SIGRTMIN))
 MISSING_PROGRAM = "/nonexistent/uscmdrelay-program"
 MISSING_DIRECTORY = "/nonexistent/uscmdrelay-directory"
 
@@ -266,6 +267,17 @@ class StartCases(object):
             self.assertNotStarted("cannot start %s: Permission denied" % handle.name,
                                   [handle.name])
 
+    def test_a_nul_in_an_argument_or_the_environment_raises_3002(self):
+        # C would take the NUL for the string's end and run something else.
+        for argv, env in ((["/bin/echo", "a\0b"], None), (["/bin/true"], {"A": "x\0y"})):
+            with self.subTest(argv=argv, env=env):
+                self.assertNotStarted("cannot start %s: embedded null byte" % argv[0], argv,
+                                      env=env)
+
+    def test_a_variable_name_with_an_equals_sign_raises_3002(self):
+        self.assertNotStarted("cannot start /bin/true: illegal environment variable name",
+                              ["/bin/true"], env={"A=B": "x"})
+
     def test_a_missing_working_directory_raises_3002_with_the_reason(self):
         self.assertNotStarted("cannot start /bin/true: working directory %s: No such file "
                               "or directory" % MISSING_DIRECTORY, ["/bin/true"],
@@ -278,7 +290,7 @@ class StartCases(object):
 
 
 class PopenStartTest(StartCases, unittest.TestCase):
-    """The Popen path: Python 3.6 and 3.7, no /proc, or a command with `cwd`."""
+    """The Popen path: a command with `cwd`, no /proc, or no usable posix_spawn."""
 
     method = "Popen"
 
@@ -289,10 +301,10 @@ class PopenStartTest(StartCases, unittest.TestCase):
         self.addCleanup(patcher.stop)
 
 
-@unittest.skipUnless(spawn._POSIX_SPAWN, "os.posix_spawn with file actions and setsid "
-                     "needs Python 3.8+ (PyPy 3.9 has none)")
+@unittest.skipUnless(spawn.posix_spawn_available(), "neither os.posix_spawn (Python "
+                     "3.8+) nor the C library's through ctypes")
 class PosixSpawnStartTest(StartCases, unittest.TestCase):
-    """The posix_spawn path: what the server uses on 3.8+ once descriptors are sealed."""
+    """The posix_spawn path: what the server uses once descriptors are sealed."""
 
     method = "posix_spawn"
 
@@ -305,6 +317,51 @@ class PosixSpawnStartTest(StartCases, unittest.TestCase):
         self.assertTrue(spawn.sealed())
         self.assertTrue(spawn.uses_posix_spawn())
         self.assertFalse(spawn.uses_posix_spawn(cwd="/"))
+
+
+@unittest.skipUnless(libc_spawn.load(), "the C library's posix_spawn cannot be called "
+                     "through ctypes here")
+class LibcSpawnStartTest(StartCases, unittest.TestCase):
+    """The C library's posix_spawn through ctypes: what 3.6, 3.7 and PyPy use, taken
+    here on every interpreter."""
+
+    method = "posix_spawn"
+
+    def setUp(self):
+        StartCases.setUp(self)
+        patcher = mock.patch.object(spawn, "_OS_POSIX_SPAWN", False)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+
+    def test_the_child_reports_what_a_plain_start_gives(self):
+        # The same child, started by os.posix_spawn where there is one: the same report.
+        stdout, stderr, returncode = self.communicate(self.start(fixture(
+            "report_process.py")))
+        self.assertEqual(returncode, 0, stderr)
+        report = json.loads(stdout.decode("utf-8"))
+        self.assertEqual((report["fds"], report["stdin_target"]), ([0, 1, 2], "/dev/null"))
+
+    def test_a_c_library_without_posix_spawn_setsid_is_not_used(self):
+        # glibc before 2.26 refuses the flag with EINVAL: load() must then say None.
+        class RefusingFlags(object):
+            def __init__(self, libc):
+                self._libc = libc
+
+            def __getattr__(self, name):
+                function = getattr(self._libc, name)
+                if name != "posix_spawnattr_setflags":
+                    return function
+
+                class Refusing(object):
+                    argtypes = restype = None
+
+                    def __call__(self, *arguments):
+                        return 22  # EINVAL
+                return Refusing()
+
+        import ctypes
+        with self.assertRaises(OSError):
+            libc_spawn.LibcSpawn(ctypes, RefusingFlags(ctypes.CDLL(None, use_errno=True)))
 
 
 @unittest.skipUnless(os.path.isdir("/proc/self"), "needs /proc")

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 
+from . import libc_spawn
 from .codes import COMMAND_NOT_STARTED, RelayError
 from .reasons import reason
 
@@ -32,11 +33,14 @@ ORPHAN_REAP_SECONDS = 1.0
 DEFAULT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ", "SIGXFZ")
                         if hasattr(signal, name))
 
-# How a command starts. os.posix_spawn (3.8+) costs the parent a fraction of Popen's
-# CPU time, and the loop does nothing else meanwhile, so it is used whenever it can be:
-# it cannot close descriptors or chdir, so only once seal_descriptors() has made every
-# inherited descriptor close-on-exec, and never for a command with `cwd`.
-_POSIX_SPAWN = sys.version_info >= (3, 8) and hasattr(os, "POSIX_SPAWN_DUP2")
+# How a command starts. posix_spawn costs the parent a fraction of Popen's CPU time, and
+# the loop does nothing else meanwhile, so it is used whenever it can be: os.posix_spawn
+# (3.8+), else the C library's through ctypes (libc_spawn: 3.6, 3.7, PyPy). It cannot
+# close descriptors or chdir, so only once seal_descriptors() has made every inherited
+# descriptor close-on-exec, and never for a command with `cwd`. _POSIX_SPAWN False (a
+# test's switch) takes Popen.
+_OS_POSIX_SPAWN = sys.version_info >= (3, 8) and hasattr(os, "POSIX_SPAWN_DUP2")
+_POSIX_SPAWN = True
 _sealed = False
 
 # The pids of the commands started and not reaped yet: reap_orphans() leaves them alone.
@@ -73,9 +77,15 @@ def sealed():
     return _sealed
 
 
+def posix_spawn_available():
+    """True if this interpreter can start commands with posix_spawn: os.posix_spawn, or
+    the C library's through ctypes."""
+    return _OS_POSIX_SPAWN or libc_spawn.load() is not None
+
+
 def uses_posix_spawn(cwd=None):
     """True if `start` would use posix_spawn for a command with this `cwd`."""
-    return _POSIX_SPAWN and _sealed and cwd is None
+    return _POSIX_SPAWN and _sealed and cwd is None and posix_spawn_available()
 
 
 def start(argv, env=None, cwd=None):
@@ -177,14 +187,19 @@ def _posix_spawn(argv, env):
     """
     stdout_r, stdout_w = os.pipe()
     stderr_r, stderr_w = os.pipe()
+    env = os.environ if env is None else env
+    search = os.sep not in argv[0]  # posix_spawnp: a bare name is looked up in PATH
     try:
-        actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                   (os.POSIX_SPAWN_DUP2, stdout_w, 1),
-                   (os.POSIX_SPAWN_DUP2, stderr_w, 2)]
-        spawn = os.posix_spawn if os.sep in argv[0] else os.posix_spawnp
-        pid = spawn(argv[0], argv, os.environ if env is None else env,
-                    file_actions=actions, setsid=True, setsigdef=DEFAULT_SIGNALS,
-                    setsigmask=())
+        if _OS_POSIX_SPAWN:
+            actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                       (os.POSIX_SPAWN_DUP2, stdout_w, 1),
+                       (os.POSIX_SPAWN_DUP2, stderr_w, 2)]
+            spawn = os.posix_spawnp if search else os.posix_spawn
+            pid = spawn(argv[0], argv, env, file_actions=actions, setsid=True,
+                        setsigdef=DEFAULT_SIGNALS, setsigmask=())
+        else:
+            pid = libc_spawn.load().spawn(argv, env, stdout_w, stderr_w, DEFAULT_SIGNALS,
+                                          search)
     except BaseException:
         os.close(stdout_r)
         os.close(stderr_r)
