@@ -163,6 +163,33 @@ def _descendants(pid):
     return found
 
 
+def _cpu_ticks(pid):
+    """CPU clock ticks so far: the machine's busy and idle time (/proc/stat), and the
+    server's own and its reaped children's (/proc/PID/stat)."""
+    with open("/proc/stat") as handle:
+        fields = [int(value) for value in handle.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal: idle and iowait are not busy.
+    busy = sum(fields[:8]) - fields[3] - fields[4]
+    with open("/proc/%d/stat" % pid) as handle:
+        stat = handle.read()
+    times = [int(value) for value in stat[stat.rindex(")") + 2:].split()[11:15]]
+    return {"busy": busy, "idle": fields[3] + fields[4],
+            "server": times[0] + times[1], "commands": times[2] + times[3]}
+
+
+def _cpu_per_request(before, after, requests):
+    """Where a load row's CPU went, in ms per request: the server process, the commands
+    it ran (counted once reaped), and everything else (the load clients, the kernel's
+    network work); and the share of the machine that stayed idle."""
+    tick_ms = 1000.0 / os.sysconf("SC_CLK_TCK")
+    spent = dict((name, after[name] - before[name]) for name in after)
+    per = lambda ticks: round(ticks * tick_ms / max(requests, 1), 3)  # noqa: E731
+    return {"server_ms": per(spent["server"]), "commands_ms": per(spent["commands"]),
+            "rest_ms": per(spent["busy"] - spent["server"] - spent["commands"]),
+            "idle_share": round(spent["idle"] / float(max(spent["idle"] + spent["busy"],
+                                                         1)), 3)}
+
+
 def _memory(pid):
     """The RSS figures of a server: its own, its peak, its threads, and its descendants'."""
     status = _status(pid)
@@ -583,8 +610,13 @@ class Bench(object):
                 row["target"] = "floor"
                 rows.append(row)
                 _progress("uscmdrelay c=%d" % c)
+                before = _cpu_ticks(server.pid)
                 row = run_load(lambda: _relay_client(port, key, ca), args.requests, c,
                                args.max_seconds)
+                # The ticks include the warm-up requests (each client process's).
+                row["cpu"] = _cpu_per_request(
+                    before, _cpu_ticks(server.pid), row["ok"] + row["errors"]
+                    + WARMUP_REQUESTS * row["client_processes"])
                 row["target"] = "uscmdrelay"
                 rows.append(row)
                 server.check_alive()
@@ -898,6 +930,16 @@ def report(results):
             _ms(row["p90_ms"]), _ms(row["p99_ms"]), row["errors"],
             "%.2f" % row["x_floor"] if row["x_floor"] is not None else "-",
             "  (%s)" % row["first_error"][:100] if row["first_error"] else ""))
+    cpu_rows = [row for row in results.get("load", []) if row.get("cpu")]
+    if cpu_rows:
+        out.append("CPU per request (ms): the server, its commands, everything else (load "
+                   "clients, kernel); the machine's idle share")
+        for row in cpu_rows:
+            cpu = row["cpu"]
+            out.append("    c=%-3d server %.3f  commands %.3f  rest %.3f  total %.3f  idle %.0f %%"
+                       % (row["concurrency"], cpu["server_ms"], cpu["commands_ms"],
+                          cpu["rest_ms"], cpu["server_ms"] + cpu["commands_ms"]
+                          + cpu["rest_ms"], cpu["idle_share"] * 100))
     out.append("")
     for name, label in (("startup", "start-up, spawn -> accepting"),
                         ("version", "--version, spawn -> exit")):

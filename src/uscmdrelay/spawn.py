@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 
-from . import libc_spawn
 from .codes import COMMAND_NOT_STARTED, RelayError
 from .reasons import reason
 
@@ -80,7 +79,10 @@ def sealed():
 def posix_spawn_available():
     """True if this interpreter can start commands with posix_spawn: os.posix_spawn, or
     the C library's through ctypes."""
-    return _OS_POSIX_SPAWN or libc_spawn.load() is not None
+    if _OS_POSIX_SPAWN:
+        return True
+    from . import libc_spawn  # only where it is needed: compiling it costs start-up time
+    return libc_spawn.load() is not None
 
 
 def uses_posix_spawn(cwd=None):
@@ -198,6 +200,7 @@ def _posix_spawn(argv, env):
             pid = spawn(argv[0], argv, env, file_actions=actions, setsid=True,
                         setsigdef=DEFAULT_SIGNALS, setsigmask=())
         else:
+            from . import libc_spawn
             pid = libc_spawn.load().spawn(argv, env, stdout_w, stderr_w, DEFAULT_SIGNALS,
                                           search)
     except BaseException:
