@@ -274,6 +274,12 @@ class StartCases(object):
                 self.assertNotStarted("cannot start %s: embedded null byte" % argv[0], argv,
                                       env=env)
 
+    def test_arguments_past_the_kernels_limit_raise_3002(self):
+        # One string past MAX_ARG_STRLEN (128 KiB), and a list past ARG_MAX in total.
+        for argv in (["/bin/echo", "x" * 200000], ["/bin/echo"] + ["y" * 1000] * 3000):
+            with self.subTest(count=len(argv)):
+                self.assertNotStarted("cannot start /bin/echo: Argument list too long", argv)
+
     def test_a_variable_name_with_an_equals_sign_raises_3002(self):
         self.assertNotStarted("cannot start /bin/true: illegal environment variable name",
                               ["/bin/true"], env={"A=B": "x"})
