@@ -80,9 +80,11 @@ def process_state(pid):
 
 
 class StartCases(object):
-    """The table both paths must pass; a subclass says which path `start` takes."""
+    """The table every path must pass; a subclass says which path `start` takes: the
+    `method` a child reports, and the `switches` of spawn that lead there."""
 
     method = None
+    switches = {}
 
     def start(self, argv, **kwargs):
         """Starts argv with spawn.start; the child is killed and reaped in a cleanup."""
@@ -102,6 +104,10 @@ class StartCases(object):
 
     def setUp(self):
         self.closed = []  # children whose pipes communicate() has closed
+        if self.switches:
+            patcher = mock.patch.multiple(spawn, **self.switches)
+            patcher.start()
+            self.addCleanup(patcher.stop)
 
     def communicate(self, child):
         """Reads stdout and stderr to their ends and reaps the child; returns
@@ -299,12 +305,7 @@ class PopenStartTest(StartCases, unittest.TestCase):
     """The Popen path: a command with `cwd`, no /proc, or no usable posix_spawn."""
 
     method = "Popen"
-
-    def setUp(self):
-        StartCases.setUp(self)
-        patcher = mock.patch.object(spawn, "_POSIX_SPAWN", False)
-        patcher.start()
-        self.addCleanup(patcher.stop)
+    switches = {"_POSIX_SPAWN": False}
 
 
 @unittest.skipUnless(spawn.posix_spawn_available(), "neither os.posix_spawn (Python "
@@ -332,20 +333,14 @@ class LibcSpawnStartTest(StartCases, unittest.TestCase):
     here on every interpreter."""
 
     method = "posix_spawn"
+    switches = {"_OS_POSIX_SPAWN": False}
 
-    def setUp(self):
-        StartCases.setUp(self)
-        patcher = mock.patch.object(spawn, "_OS_POSIX_SPAWN", False)
-        patcher.start()
-        self.addCleanup(patcher.stop)
-
-    def test_the_child_reports_what_a_plain_start_gives(self):
-        # The same child, started by os.posix_spawn where there is one: the same report.
-        stdout, stderr, returncode = self.communicate(self.start(fixture(
-            "report_process.py")))
-        self.assertEqual(returncode, 0, stderr)
-        report = json.loads(stdout.decode("utf-8"))
-        self.assertEqual((report["fds"], report["stdin_target"]), ([0, 1, 2], "/dev/null"))
+    def test_start_calls_the_c_librarys_posix_spawn(self):
+        # `method` is the same for both posix_spawn calls: make sure this one is taken.
+        with mock.patch.object(libc_spawn.LibcSpawn, "spawn", autospec=True,
+                               side_effect=libc_spawn.LibcSpawn.spawn) as spawned:
+            self.start(SLEEP)
+        self.assertEqual(spawned.call_count, 1)
 
     def test_a_c_library_without_posix_spawn_setsid_is_not_used(self):
         # glibc before 2.26 refuses the flag with EINVAL: load() must then say None.
