@@ -365,6 +365,24 @@ class LibcSpawnStartTest(StartCases, unittest.TestCase):
             libc_spawn.LibcSpawn(ctypes, RefusingFlags(ctypes.CDLL(None, use_errno=True)))
 
 
+class WithoutTheCLibrarysPosixSpawnTest(unittest.TestCase):
+    """Where ctypes or the C library cannot do it, commands start with Popen."""
+
+    def test_without_ctypes_there_is_no_libc_spawn(self):
+        with mock.patch.dict(sys.modules, {"ctypes": None}):  # import raises ImportError
+            self.assertIsNone(libc_spawn._load())
+
+    def test_then_start_takes_popen(self):
+        with mock.patch.multiple(spawn, _OS_POSIX_SPAWN=False), \
+                mock.patch.object(libc_spawn, "_loaded", [None]):
+            self.assertFalse(spawn.posix_spawn_available())
+            self.assertFalse(spawn.uses_posix_spawn())
+            child = spawn.start(["/bin/true"])
+        self.assertEqual(child.method, "Popen")
+        self.assertEqual(child.wait(), 0)
+        child.close()
+
+
 @unittest.skipUnless(os.path.isdir("/proc/self"), "needs /proc")
 class OrphanReapingTest(unittest.TestCase):
     """reap_orphans() reaps exited children that are not commands; it is what the
